@@ -1,0 +1,159 @@
+"""The campaign service's use cases. Owns the transactions; raises domain errors; imports no grpc."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Protocol
+
+from opentelemetry import trace
+
+from services.campaign.db import CampaignUnitOfWork, DecisionRow
+from services.campaign.db import IdempotencyKey as IdempotencyKeyRow
+from services.campaign.domain import (
+    CustomerSnapshot,
+    Decision,
+    DecisionContext,
+    Offer,
+    OfferPage,
+    RankedOffer,
+    Reason,
+    ScreenResult,
+    SuppressedOffer,
+    offer_from_json,
+    offer_to_json,
+)
+from services.campaign.scoring import HeuristicPropensityModel
+from services.platform.errors import AlreadyExists, NotFound
+from services.platform.idempotency import Codec, IdempotencyKey, run_idempotent
+from services.platform.masking import customer_token
+from services.platform.telemetry import (
+    ATTR_CUSTOMER_TOKEN,
+    ATTR_MODEL_VERSION,
+    ATTR_OFFERS_CONSIDERED,
+    ATTR_OFFERS_RANKED,
+    ATTR_POLICY_VERSION,
+)
+
+log = logging.getLogger("lodestar.campaign")
+
+OFFER_CODEC = Codec(encode=offer_to_json, decode=offer_from_json)
+
+
+class CustomerSource(Protocol):
+    async def get_customer(self, customer_id: str) -> CustomerSnapshot: ...
+
+
+class Screener(Protocol):
+    async def screen(self, customer: CustomerSnapshot, offers: list[Offer], channel: int,
+                     contact_time: object) -> ScreenResult: ...
+
+
+class CampaignService:
+    def __init__(self, uow_factory: Callable[[], CampaignUnitOfWork], profile: CustomerSource,
+                 risk: Screener, model: HeuristicPropensityModel | None = None) -> None:
+        self.uow_factory = uow_factory
+        self.profile = profile
+        self.risk = risk
+        self.model = model or HeuristicPropensityModel()
+
+    # --- offers -------------------------------------------------------------------------------------------
+
+    async def create_offer(self, offer: Offer, key: IdempotencyKey | None) -> Offer:
+        async def create(uow: CampaignUnitOfWork) -> Offer:
+            if await uow.offers.get(offer.offer_id) is not None:
+                raise AlreadyExists("offer", f"offers/{offer.offer_id}")
+            return await uow.offers.add(offer)
+
+        return await run_idempotent(self.uow_factory, IdempotencyKeyRow, key, OFFER_CODEC, create)
+
+    async def get_offer(self, offer_id: str) -> Offer:
+        async with self.uow_factory() as uow:
+            offer = await uow.offers.get(offer_id)
+        if offer is None:
+            raise NotFound("offer", f"offers/{offer_id}")
+        return offer
+
+    async def list_offers(self, *, after_id: str | None, page_size: int) -> OfferPage:
+        async with self.uow_factory() as uow:
+            rows = await uow.offers.list(after_id=after_id, limit=page_size + 1)
+        more = len(rows) > page_size
+        rows = rows[:page_size]
+        return OfferPage(rows, rows[-1].offer_id if more and rows else None)
+
+    # --- real-time decision -------------------------------------------------------------------------------
+
+    async def decide(self, customer_id: str, context: DecisionContext, max_offers: int) -> Decision:
+        """eligibility (active offers) -> risk screen -> expected value -> ranking -> stored decision record."""
+        span = trace.get_current_span()
+        span.set_attribute(ATTR_CUSTOMER_TOKEN, customer_token(customer_id))
+
+        async def active_offers() -> list[Offer]:
+            async with self.uow_factory() as uow:
+                return await uow.offers.active(context.decision_time)
+
+        customer, offers = await asyncio.gather(self.profile.get_customer(customer_id), active_offers())
+        screen = (await self.risk.screen(customer, offers, context.channel, context.decision_time)
+                  if offers else ScreenResult({}, ""))
+        ranked, suppressed, candidates = self._rank(customer, offers, screen, context, max_offers)
+        decision = Decision(
+            decision_id=uuid.uuid4().hex, offers=ranked, suppressed=suppressed,
+            policy_version=screen.policy_version, model_version=self.model.version,
+        )
+        async with self.uow_factory() as uow:
+            uow.decisions.add(DecisionRow(
+                decision_id=decision.decision_id, customer_id=customer_id, channel=context.channel,
+                partner_id=context.partner_id, placement=context.placement, decision_time=context.decision_time,
+                model_version=decision.model_version, policy_version=decision.policy_version,
+                candidates=candidates,
+            ))
+            await uow.commit()
+        span.set_attribute(ATTR_OFFERS_CONSIDERED, len(offers))
+        span.set_attribute(ATTR_OFFERS_RANKED, len(ranked))
+        span.set_attribute(ATTR_POLICY_VERSION, decision.policy_version)
+        span.set_attribute(ATTR_MODEL_VERSION, decision.model_version)
+        return decision
+
+    def _rank(self, customer: CustomerSnapshot, offers: list[Offer], screen: ScreenResult,
+              context: DecisionContext, max_offers: int
+              ) -> tuple[list[RankedOffer], list[SuppressedOffer], list[dict[str, object]]]:
+        eligible: list[RankedOffer] = []
+        suppressed: list[SuppressedOffer] = []
+        candidates: list[dict[str, object]] = []
+        for offer in offers:
+            verdict = screen.verdicts.get(offer.offer_id)
+            record: dict[str, object] = {"offer_id": offer.offer_id}
+            if verdict is None or verdict.verdict != "ALLOW":
+                # Fail closed: an offer risk did not clear is never shown.
+                codes = verdict.reasons if verdict else ("VERDICT_MISSING",)
+                reasons = [Reason(f"RISK_{code}", f"risk screening: {code.lower().replace('_', ' ')}")
+                           for code in codes]
+                suppressed.append(SuppressedOffer(offer.offer_id, reasons))
+                record.update(verdict=verdict.verdict if verdict else "MISSING", reasons=list(codes))
+                candidates.append(record)
+                continue
+            propensity = self.model.score(customer, offer, context.decision_time.date())
+            value = propensity * offer.conversion_value - offer.contact_cost
+            record.update(verdict="ALLOW", propensity=round(propensity, 6), conversion_value=offer.conversion_value,
+                          contact_cost=offer.contact_cost, expected_value=round(value, 6))
+            candidates.append(record)
+            if value <= 0:
+                suppressed.append(SuppressedOffer(offer.offer_id, [
+                    Reason("NEGATIVE_EXPECTED_VALUE", "the expected value does not cover the contact cost")]))
+                continue
+            eligible.append(RankedOffer(offer, 0, propensity, value, [
+                Reason("ELIGIBLE", "passed risk screening"),
+                Reason("EXPECTED_VALUE", f"expected value {value:.2f} = {propensity:.3f} x "
+                                         f"{offer.conversion_value:.2f} - {offer.contact_cost:.2f}"),
+            ]))
+        eligible.sort(key=lambda r: (-r.expected_value, r.offer.offer_id))
+        for rank, item in enumerate(eligible[:max_offers], start=1):
+            item.rank = rank
+        for item in eligible[max_offers:]:
+            suppressed.append(SuppressedOffer(item.offer.offer_id, [
+                Reason("BELOW_CUTOFF", f"ranked below the {max_offers} offers requested")]))
+        for record in candidates:
+            record["rank"] = next((r.rank for r in eligible[:max_offers] if r.offer.offer_id == record["offer_id"]), 0)
+        return eligible[:max_offers], suppressed, candidates

@@ -1,0 +1,66 @@
+"""Alembic, driven from code: each service keeps its scripts in `services/<svc>/migrations/`.
+
+`upgrade(url, script_location)` brings a database to head (the migration Job and AUTO_MIGRATE use it);
+`is_at_head` is what readiness checks before reporting SERVING.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import MetaData, engine_from_config, pool
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.platform.db import sync_url
+
+
+def alembic_config(url: str, script_location: str | Path) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(script_location))
+    config.set_main_option("sqlalchemy.url", sync_url(url).replace("%", "%%"))
+    return config
+
+
+def upgrade(url: str, script_location: str | Path, revision: str = "head") -> None:
+    command.upgrade(alembic_config(url, script_location), revision)
+
+
+def downgrade(url: str, script_location: str | Path, revision: str = "base") -> None:
+    command.downgrade(alembic_config(url, script_location), revision)
+
+
+def head_revisions(script_location: str | Path) -> set[str]:
+    return set(ScriptDirectory(str(script_location)).get_heads())
+
+
+async def is_at_head(engine: AsyncEngine, script_location: str | Path) -> bool:
+    async with engine.connect() as conn:
+        current = await conn.run_sync(lambda sync_conn: set(MigrationContext.configure(sync_conn).get_current_heads()))
+    return current == head_revisions(script_location)
+
+
+def run_env(target_metadata: MetaData) -> None:
+    """The body of every service's migrations/env.py."""
+    from alembic import context
+
+    config = context.config
+    if context.is_offline_mode():
+        context.configure(
+            url=config.get_main_option("sqlalchemy.url"), target_metadata=target_metadata, literal_binds=True,
+            render_as_batch=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    connectable = engine_from_config(config.get_section(config.config_ini_section) or {}, prefix="sqlalchemy.",
+                                     poolclass=pool.NullPool)
+    with connectable.connect() as connection:
+        context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
+                          compare_type=True)
+        with context.begin_transaction():
+            context.run_migrations()
+    connectable.dispose()

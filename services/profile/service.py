@@ -1,0 +1,88 @@
+"""The profile service's use cases. Owns the transactions; raises domain errors; imports no grpc."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from services.platform.errors import Aborted, AlreadyExists, NotFound
+from services.platform.idempotency import Codec, IdempotencyKey, run_idempotent
+from services.profile.db import IdempotencyKey as IdempotencyKeyRow
+from services.profile.db import ProfileUnitOfWork
+from services.profile.domain import Customer, CustomerPage, customer_from_json, customer_to_json
+
+CUSTOMER_CODEC = Codec(encode=customer_to_json, decode=customer_from_json)
+
+
+def _name(customer_id: str) -> str:
+    return f"customers/{customer_id}"
+
+
+class ProfileService:
+    def __init__(self, uow_factory: Callable[[], ProfileUnitOfWork]) -> None:
+        self.uow_factory = uow_factory
+
+    async def get_customer(self, customer_id: str) -> Customer:
+        async with self.uow_factory() as uow:
+            customer = await uow.customers.get(customer_id)
+        if customer is None:
+            raise NotFound("customer", _name(customer_id))
+        return customer
+
+    async def list_customers(self, *, after_id: str | None, page_size: int, region: str | None) -> CustomerPage:
+        async with self.uow_factory() as uow:
+            rows = await uow.customers.list(after_id=after_id, limit=page_size + 1, region=region)
+        more = len(rows) > page_size
+        rows = rows[:page_size]
+        return CustomerPage(rows, rows[-1].customer_id if more and rows else None)
+
+    async def create_customer(self, customer: Customer, key: IdempotencyKey | None) -> Customer:
+        async def create(uow: ProfileUnitOfWork) -> Customer:
+            if await uow.customers.get(customer.customer_id) is not None:
+                raise AlreadyExists("customer", _name(customer.customer_id))
+            return await uow.customers.add(customer)
+
+        return await run_idempotent(self.uow_factory, IdempotencyKeyRow, key, CUSTOMER_CODEC, create)
+
+    async def update_customer(
+        self, changes: Customer, paths: list[str], expected_etag: str, key: IdempotencyKey | None
+    ) -> Customer:
+        async def update(uow: ProfileUnitOfWork) -> Customer:
+            current = await uow.customers.get(changes.customer_id)
+            if current is None:
+                raise NotFound("customer", _name(changes.customer_id))
+            if expected_etag and expected_etag != current.etag:
+                raise Aborted("ETAG_MISMATCH", "the customer changed since it was read; read it again and retry")
+            updated = apply_mask(current, changes, paths)
+            return await uow.customers.save(updated)
+
+        return await run_idempotent(self.uow_factory, IdempotencyKeyRow, key, CUSTOMER_CODEC, update)
+
+    async def delete_customer(self, customer_id: str, expected_etag: str, key: IdempotencyKey | None) -> None:
+        async def delete(uow: ProfileUnitOfWork) -> Customer:
+            current = await uow.customers.get(customer_id)
+            if current is None:
+                raise NotFound("customer", _name(customer_id))
+            if expected_etag and expected_etag != current.etag:
+                raise Aborted("ETAG_MISMATCH", "the customer changed since it was read; read it again and retry")
+            await uow.customers.delete(customer_id)
+            return Customer(customer_id=customer_id)
+
+        await run_idempotent(self.uow_factory, IdempotencyKeyRow, key, CUSTOMER_CODEC, delete)
+
+
+def apply_mask(current: Customer, changes: Customer, paths: list[str]) -> Customer:
+    """The customer with the masked fields taken from `changes`; `attributes.k` absent in changes deletes k."""
+    updated = dataclasses.replace(current, attributes=dict(current.attributes))
+    for path in paths:
+        if path == "attributes":
+            updated.attributes = dict(changes.attributes)
+        elif path.startswith("attributes."):
+            name = path.removeprefix("attributes.")
+            if name in changes.attributes:
+                updated.attributes[name] = changes.attributes[name]
+            else:
+                updated.attributes.pop(name, None)
+        else:
+            setattr(updated, path, getattr(changes, path))
+    return updated
