@@ -72,7 +72,7 @@ class OfferRepository:
         row = await self.session.get(OfferRow, offer_id)
         return _offer(row) if row else None
 
-    async def list(self, *, after_id: str | None, limit: int) -> list[Offer]:
+    async def list_page(self, *, after_id: str | None, limit: int) -> list[Offer]:
         query = select(OfferRow).order_by(OfferRow.offer_id).limit(limit)
         if after_id is not None:
             query = query.where(OfferRow.offer_id > after_id)

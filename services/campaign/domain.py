@@ -38,7 +38,8 @@ class Offer:
     create_time: datetime | None = None
 
     def is_active(self, at: datetime) -> bool:
-        return (self.valid_from is None or self.valid_from <= at) and (self.valid_until is None or at < self.valid_until)
+        started = self.valid_from is None or self.valid_from <= at
+        return started and (self.valid_until is None or at < self.valid_until)
 
     @property
     def etag(self) -> str:

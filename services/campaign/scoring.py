@@ -19,9 +19,10 @@ import math
 from datetime import date
 
 from lodestar.common.v1 import common_pb2
+
 from services.campaign.domain import CustomerSnapshot, Offer
 
-_BASE = {
+_BASE: dict[int, float] = {
     common_pb2.PRODUCT_TYPE_CREDIT_CARD: -2.2,
     common_pb2.PRODUCT_TYPE_CONSUMER_LOAN: -2.8,
     common_pb2.PRODUCT_TYPE_INSTALMENT: -2.4,
@@ -69,7 +70,9 @@ class HeuristicPropensityModel:
 
 
 def _as_float(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
     try:
-        return float(value) if value is not None and not isinstance(value, bool) else None
-    except (TypeError, ValueError):
+        return float(value)
+    except ValueError:
         return None

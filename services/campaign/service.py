@@ -6,6 +6,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import Protocol
 
 from opentelemetry import trace
@@ -48,7 +49,7 @@ class CustomerSource(Protocol):
 
 class Screener(Protocol):
     async def screen(self, customer: CustomerSnapshot, offers: list[Offer], channel: int,
-                     contact_time: object) -> ScreenResult: ...
+                     contact_time: datetime) -> ScreenResult: ...
 
 
 class CampaignService:
@@ -78,7 +79,7 @@ class CampaignService:
 
     async def list_offers(self, *, after_id: str | None, page_size: int) -> OfferPage:
         async with self.uow_factory() as uow:
-            rows = await uow.offers.list(after_id=after_id, limit=page_size + 1)
+            rows = await uow.offers.list_page(after_id=after_id, limit=page_size + 1)
         more = len(rows) > page_size
         rows = rows[:page_size]
         return OfferPage(rows, rows[-1].offer_id if more and rows else None)

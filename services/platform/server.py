@@ -152,13 +152,17 @@ async def start_service(definition: ServiceDefinition, settings: ServiceSettings
     await server.start()
     running = RunningService(definition, server, port, health_servicer, runtime)
     if settings.port_file:
-        tmp = Path(settings.port_file + ".tmp")
-        tmp.write_text(str(port))
-        tmp.replace(settings.port_file)
+        _write_port_file(settings.port_file, port)
     await running.check_ready()
     running.start_readiness()
     log.info("listening", extra={"port": port, "host": settings.listen_host})
     return running
+
+
+def _write_port_file(path: str, port: int) -> None:
+    tmp = Path(path + ".tmp")
+    tmp.write_text(str(port))
+    tmp.replace(path)  # atomic: a reader never sees a half-written port
 
 
 async def _serve(definition: ServiceDefinition, settings: ServiceSettings, provider: TracerProvider) -> None:

@@ -8,9 +8,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from datetime import date
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from services.platform.errors import FieldViolation, InvalidArgument
 
@@ -50,7 +49,7 @@ def parse_name(name: str, collection: str, field: str = "name") -> str:
     return name[len(prefix):]
 
 
-def check_enum(value: int, enum: EnumTypeWrapper, field: str, *, required: bool = True) -> int:
+def check_enum(value: int, enum: Any, field: str, *, required: bool = True) -> int:
     names = {v.number for v in enum.DESCRIPTOR.values}
     if value not in names:
         raise InvalidArgument.field(field, f"unknown value {value}", reason="UNKNOWN_ENUM_VALUE")

@@ -65,7 +65,7 @@ class CustomerRepository:
         row = await self.session.get(CustomerRow, customer_id)
         return _to_domain(row) if row else None
 
-    async def list(self, *, after_id: str | None, limit: int, region: str | None) -> list[Customer]:
+    async def list_page(self, *, after_id: str | None, limit: int, region: str | None) -> list[Customer]:
         query = select(CustomerRow).order_by(CustomerRow.customer_id).limit(limit)
         if after_id is not None:
             query = query.where(CustomerRow.customer_id > after_id)

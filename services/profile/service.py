@@ -31,7 +31,7 @@ class ProfileService:
 
     async def list_customers(self, *, after_id: str | None, page_size: int, region: str | None) -> CustomerPage:
         async with self.uow_factory() as uow:
-            rows = await uow.customers.list(after_id=after_id, limit=page_size + 1, region=region)
+            rows = await uow.customers.list_page(after_id=after_id, limit=page_size + 1, region=region)
         more = len(rows) > page_size
         rows = rows[:page_size]
         return CustomerPage(rows, rows[-1].customer_id if more and rows else None)

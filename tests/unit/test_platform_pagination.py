@@ -36,7 +36,7 @@ def test_malformed_token_is_invalid_argument(token):
 def test_tampered_token_is_rejected():
     fp = pagination.query_fingerprint()
     token = pagination.encode_page_token({"after": "a"}, fp)
-    body, _, checksum = token.partition(".")
+    checksum = token.partition(".")[2]
     forged = pagination.encode_page_token({"after": "z"}, fp).partition(".")[0] + "." + checksum
     with pytest.raises(InvalidArgument) as caught:
         pagination.decode_page_token(forged, fp)

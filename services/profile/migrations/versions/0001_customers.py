@@ -4,10 +4,10 @@ Revision ID: 0001
 Revises: 
 Create Date: 2026-11-25 00:46:34.916857
 """
-from alembic import op
 import sqlalchemy as sa
-import services.platform.db
+from alembic import op
 
+import services.platform.db
 
 revision = '0001'
 down_revision = None
