@@ -16,7 +16,9 @@ import re
 _TOKEN_KEY = os.environ.get("LOG_PSEUDONYM_KEY", "lodestar-log-pseudonym").encode()
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
-_PHONE = re.compile(r"\+?\d[\d\s().-]{7,}\d")
+# An international number (+ and 8-19 digits, spaces or dashes between) or a bare run of 11-15 digits (a mobile
+# number without its prefix). Dots are not separators, so addresses such as 127.0.0.1:50051 stay readable.
+_PHONE = re.compile(r"\+\d[\d\s-]{6,17}\d|(?<!\d)\d{11,15}(?!\d)")
 
 
 def customer_token(customer_id: str) -> str:

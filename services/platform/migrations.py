@@ -37,10 +37,35 @@ def head_revisions(script_location: str | Path) -> set[str]:
     return set(ScriptDirectory(str(script_location)).get_heads())
 
 
-async def is_at_head(engine: AsyncEngine, script_location: str | Path) -> bool:
+async def current_revisions(engine: AsyncEngine) -> set[str]:
     async with engine.connect() as conn:
-        current = await conn.run_sync(lambda sync_conn: set(MigrationContext.configure(sync_conn).get_current_heads()))
-    return current == head_revisions(script_location)
+        return await conn.run_sync(lambda sync_conn: set(MigrationContext.configure(sync_conn).get_current_heads()))
+
+
+async def is_at_head(engine: AsyncEngine, script_location: str | Path) -> bool:
+    return await current_revisions(engine) == head_revisions(script_location)
+
+
+async def schema_is_compatible(engine: AsyncEngine, script_location: str | Path) -> bool:
+    """Ready to serve: the database is at this code's head, or ahead of it.
+
+    "Ahead" means every current revision is unknown to this code: a newer release migrated the database and
+    this (older) release was rolled back onto it. Migrations are written expand-then-contract so that the
+    previous release keeps working on the newer schema; refusing to serve would turn every rollback into an
+    outage. A database *behind* the code (migration Job not yet run) is never ready.
+    """
+    current = await current_revisions(engine)
+    if current == head_revisions(script_location):
+        return True
+    script = ScriptDirectory(str(script_location))
+
+    def known(revision: str) -> bool:
+        try:
+            return script.get_revision(revision) is not None
+        except Exception:  # alembic raises ResolutionError/CommandError for a revision it does not have
+            return False
+
+    return bool(current) and not any(known(revision) for revision in current)
 
 
 def run_env(target_metadata: MetaData) -> None:

@@ -38,6 +38,13 @@ log = logging.getLogger("lodestar.server")
 READINESS_INTERVAL_SECONDS = 5.0
 
 
+class StartupError(RuntimeError):
+    """The service cannot start (e.g. its port is taken); the message says why, without a traceback."""
+# Health service name for liveness probes: SERVING while the process runs, whatever the database does, so a
+# database outage makes pods unready (no traffic) without making Kubernetes restart them.
+LIVENESS_SERVICE = "liveness"
+
+
 @dataclass
 class Runtime:
     """What a service's `register` hook gets to build its servicers from."""
@@ -84,7 +91,8 @@ class RunningService:
     async def check_ready(self) -> bool:
         database = self.runtime.database
         try:
-            ready = await database.ping() and await migrations.is_at_head(database.engine, self.definition.migrations)
+            ready = await database.ping() and await migrations.schema_is_compatible(
+                database.engine, self.definition.migrations)
         except Exception:
             ready = False
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -141,6 +149,7 @@ async def start_service(definition: ServiceDefinition, settings: ServiceSettings
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *definition.service_names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
         (*definition.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME),
@@ -148,7 +157,11 @@ async def start_service(definition: ServiceDefinition, settings: ServiceSettings
     )
     runtime = Runtime(settings=settings, database=database, tracer_provider=tracer_provider)
     await definition.register(server, runtime)
-    port = server.add_insecure_port(settings.listen_address)
+    try:
+        port = server.add_insecure_port(settings.listen_address)
+    except RuntimeError:
+        await database.dispose()
+        raise StartupError(f"cannot listen on {settings.listen_address}: the port is in use or not permitted") from None
     await server.start()
     running = RunningService(definition, server, port, health_servicer, runtime)
     if settings.port_file:
@@ -196,6 +209,9 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> int:
         return 0
     try:
         asyncio.run(_serve(definition, settings, provider))
+    except StartupError as error:
+        log.error("cannot start: %s", error)
+        return 1
     finally:
         provider.shutdown()  # flushes the batch span processors
     return 0

@@ -336,6 +336,10 @@ def test_grpc_port_probes_and_service(objs):
             assert p["grpc"]["port"] == named_port(c, "grpc"), f"{svc}: {probe} not on the grpc port"
         if "startupProbe" in c:
             assert c["startupProbe"]["grpc"]["port"] == port, f"{svc}: startupProbe port"
+        # Readiness asks the overall health (database up and migrated); liveness the process-only name, so a
+        # database outage removes pods from the Service without restarting them.
+        assert c["readinessProbe"]["grpc"].get("service", "") == "", f"{svc}: readiness must ask overall health"
+        assert c["livenessProbe"]["grpc"].get("service") == "liveness", f"{svc}: liveness must ask 'liveness'"
 
         service = get(objs, "Service", svc)
         ports = service["spec"]["ports"]

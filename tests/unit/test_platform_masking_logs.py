@@ -18,6 +18,10 @@ def test_masks():
     assert mask_email("li.wei@example.cn") == "l***@example.cn"
     assert mask_phone("+8613800138000") == "***00"
     assert redact("mail li.wei@example.cn or call +86 138 0013 8000") == "mail [email] or call [phone]"
+    assert redact("sms to 13800138000 sent") == "sms to [phone] sent"
+    # Addresses, ports, dates and ordinary numbers stay readable.
+    for text in ("listening on 127.0.0.1:50051", "2026-11-25 12:00", "took 1234 ms", "demo-0001"):
+        assert redact(text) == text
 
 
 def test_json_log_line_carries_trace_and_span_ids_and_no_pii():
