@@ -15,13 +15,21 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-
-from lodestar.campaign.v1 import campaign_service_pb2 as cpb, campaign_service_pb2_grpc as cpbg, offer_pb2
+from lodestar.campaign.v1 import campaign_service_pb2 as cpb
+from lodestar.campaign.v1 import campaign_service_pb2_grpc as cpbg
+from lodestar.campaign.v1 import offer_pb2
 from lodestar.common.v1 import common_pb2 as c
-from lodestar.gateway.v1 import gateway_admin_service_pb2 as apb, gateway_admin_service_pb2_grpc as apbg
-from lodestar.gateway.v1 import partner_service_pb2 as gpb, partner_service_pb2_grpc as gpbg
-from lodestar.profile.v1 import customer_pb2, profile_service_pb2 as ppb, profile_service_pb2_grpc as ppbg
-from lodestar.risk.v1 import risk_service_pb2 as rpb, risk_service_pb2_grpc as rpbg, screening_pb2 as spb
+from lodestar.gateway.v1 import gateway_admin_service_pb2 as apb
+from lodestar.gateway.v1 import gateway_admin_service_pb2_grpc as apbg
+from lodestar.gateway.v1 import partner_service_pb2 as gpb
+from lodestar.gateway.v1 import partner_service_pb2_grpc as gpbg
+from lodestar.profile.v1 import customer_pb2
+from lodestar.profile.v1 import profile_service_pb2 as ppb
+from lodestar.profile.v1 import profile_service_pb2_grpc as ppbg
+from lodestar.risk.v1 import risk_service_pb2 as rpb
+from lodestar.risk.v1 import risk_service_pb2_grpc as rpbg
+from lodestar.risk.v1 import screening_pb2 as spb
+
 from lodestar_cli.stack import Stack
 from tests.helpers import details_of
 

@@ -68,7 +68,9 @@ async def test_graceful_shutdown_reports_not_serving_then_refuses(start):
 
 
 async def test_unexpected_exception_is_internal_with_trace_id_never_unknown(start, monkeypatch):
-    from lodestar.profile.v1 import profile_service_pb2 as pb, profile_service_pb2_grpc as pbg
+    from lodestar.profile.v1 import profile_service_pb2 as pb
+    from lodestar.profile.v1 import profile_service_pb2_grpc as pbg
+
     from tests.helpers import expect_error
 
     svc = await start(DEFINITION)
