@@ -19,6 +19,7 @@ from decimal import Decimal
 
 import grpc
 from google.protobuf.message import Message
+
 from lodestar.campaign.v1 import campaign_service_pb2, campaign_service_pb2_grpc, offer_pb2
 from lodestar.common.v1 import common_pb2
 from lodestar.gateway.v1 import gateway_admin_service_pb2, gateway_admin_service_pb2_grpc

@@ -26,12 +26,12 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
 from lodestar.campaign.v1 import campaign_service_pb2, campaign_service_pb2_grpc, offer_pb2
 from lodestar.common.v1 import common_pb2
 from lodestar.gateway.v1 import partner_service_pb2, partner_service_pb2_grpc
 from lodestar.profile.v1 import customer_pb2, profile_service_pb2, profile_service_pb2_grpc
 from lodestar.risk.v1 import risk_service_pb2, risk_service_pb2_grpc, screening_pb2
-
 from lodestar_cli import demo
 from lodestar_cli.stack import START_ORDER, Stack, StackError, check_health
 from services.platform.config import DEFAULT_PORTS

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
-from lodestar.campaign.v1 import campaign_service_pb2, campaign_service_pb2_grpc
 
+from lodestar.campaign.v1 import campaign_service_pb2, campaign_service_pb2_grpc
 from services.campaign.clients import ProfileClient, RiskClient
 from services.campaign.db import CampaignUnitOfWork
 from services.campaign.handlers import CampaignHandlers

@@ -8,10 +8,10 @@ from __future__ import annotations
 from datetime import date, datetime
 
 from google.protobuf import timestamp_pb2
+
 from lodestar.common.v1 import common_pb2
 from lodestar.profile.v1 import profile_service_pb2, profile_service_pb2_grpc
 from lodestar.risk.v1 import risk_service_pb2_grpc, screening_pb2
-
 from services.campaign.domain import CustomerSnapshot, Offer, ScreenResult, Verdict
 from services.campaign.scoring import tolerance_level
 from services.platform.clients import ServiceClient

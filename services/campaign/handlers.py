@@ -7,9 +7,9 @@ from datetime import datetime
 
 import grpc
 from google.protobuf import timestamp_pb2
+
 from lodestar.campaign.v1 import campaign_service_pb2, campaign_service_pb2_grpc, offer_pb2
 from lodestar.common.v1 import common_pb2
-
 from services.campaign.domain import Decision, DecisionContext, Disclosure, Offer
 from services.campaign.service import CampaignService
 from services.platform import pagination

@@ -19,7 +19,6 @@ import math
 from datetime import date
 
 from lodestar.common.v1 import common_pb2
-
 from services.campaign.domain import CustomerSnapshot, Offer
 
 _BASE: dict[int, float] = {

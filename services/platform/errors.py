@@ -63,6 +63,9 @@ class InvalidArgument(DomainError):
 
 
 class NotFound(DomainError):
+    """The message names the resource type only: resource names can carry personal data (a bank customer id),
+    and messages travel into callers' span statuses. The name is in the ResourceInfo detail."""
+
     code = grpc.StatusCode.NOT_FOUND
 
     def __init__(self, resource_type: str, resource_name: str, *, reason: str | None = None) -> None:
@@ -70,7 +73,7 @@ class NotFound(DomainError):
         self.resource_name = resource_name
         super().__init__(
             reason or f"{resource_type.upper()}_NOT_FOUND",
-            f"{resource_type} {resource_name} not found",
+            f"{resource_type} not found",
             metadata={"resource_type": resource_type},
         )
 
@@ -86,7 +89,7 @@ class AlreadyExists(DomainError):
         self.resource_name = resource_name
         super().__init__(
             reason or f"{resource_type.upper()}_ALREADY_EXISTS",
-            f"{resource_type} {resource_name} already exists",
+            f"{resource_type} already exists",
             metadata={"resource_type": resource_type},
         )
 

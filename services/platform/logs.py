@@ -51,5 +51,6 @@ def configure_logging(service_name: str, level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # grpc's own and SQLAlchemy's chatter is not ours to ship.
-    for noisy in ("sqlalchemy.engine", "alembic.runtime.migration", "asyncio"):
+    # Driver loggers print statements *with their parameters* (customer ids) at DEBUG: never below WARNING.
+    for noisy in ("sqlalchemy.engine", "alembic.runtime.migration", "asyncio", "aiosqlite", "psycopg"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

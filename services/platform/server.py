@@ -66,11 +66,17 @@ class ServiceDefinition:
     register: Callable[[grpc.aio.Server, Runtime], Awaitable[None]]
     dependencies: tuple[str, ...] = ()
     extra_settings: tuple[str, ...] = ()
+    # Parses the service's own settings (from `extra`), raising ConfigError, so a bad value stops the service
+    # before it migrates or listens, with exit 2 and the variable's name.
+    validate_settings: Callable[[ServiceSettings], object] | None = None
 
     def settings_from_env(self, env: dict[str, str] | None = None) -> ServiceSettings:
-        return ServiceSettings.from_env(
+        settings = ServiceSettings.from_env(
             self.name, dependencies=self.dependencies, extra=self.extra_settings, env=env
         )
+        if self.validate_settings is not None:
+            self.validate_settings(settings)
+        return settings
 
 
 class RunningService:

@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace.export import (
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 # The custom span attributes, all of them.
-ATTR_CUSTOMER_TOKEN = "lodestar.customer_token"  # noqa: S105 - masking.customer_token(), never the id itself
+ATTR_CUSTOMER_TOKEN = "lodestar.customer_token"  # noqa: S105  # nosec B105 - an attribute name, no secret; masking.customer_token(), never the id itself
 ATTR_ERROR_REASON = "lodestar.error.reason"  # ErrorInfo.reason of a failed RPC
 ATTR_OFFERS_CONSIDERED = "lodestar.decision.offers_considered"
 ATTR_OFFERS_RANKED = "lodestar.decision.offers_ranked"

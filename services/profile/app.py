@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
-from lodestar.profile.v1 import profile_service_pb2, profile_service_pb2_grpc
 
+from lodestar.profile.v1 import profile_service_pb2, profile_service_pb2_grpc
 from services.platform.server import Runtime, ServiceDefinition
 from services.profile.db import ProfileUnitOfWork
 from services.profile.handlers import ProfileHandlers

@@ -8,8 +8,8 @@ from decimal import Decimal, InvalidOperation
 
 import grpc
 from google.protobuf import timestamp_pb2
-from lodestar.profile.v1 import customer_pb2, profile_service_pb2, profile_service_pb2_grpc
 
+from lodestar.profile.v1 import customer_pb2, profile_service_pb2, profile_service_pb2_grpc
 from services.platform import pagination
 from services.platform.idempotency import key_for
 from services.platform.validation import (

@@ -15,6 +15,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
 from lodestar.campaign.v1 import campaign_service_pb2 as cpb
 from lodestar.campaign.v1 import campaign_service_pb2_grpc as cpbg
 from lodestar.campaign.v1 import offer_pb2
@@ -29,7 +30,6 @@ from lodestar.profile.v1 import profile_service_pb2_grpc as ppbg
 from lodestar.risk.v1 import risk_service_pb2 as rpb
 from lodestar.risk.v1 import risk_service_pb2_grpc as rpbg
 from lodestar.risk.v1 import screening_pb2 as spb
-
 from lodestar_cli.stack import Stack
 from tests.helpers import details_of
 

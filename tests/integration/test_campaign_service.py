@@ -3,6 +3,8 @@
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
+from sqlalchemy import func, select
+
 from lodestar.campaign.v1 import campaign_service_pb2 as cpb
 from lodestar.campaign.v1 import campaign_service_pb2_grpc as cpbg
 from lodestar.campaign.v1 import offer_pb2
@@ -12,8 +14,6 @@ from lodestar.profile.v1 import profile_service_pb2 as ppb
 from lodestar.profile.v1 import profile_service_pb2_grpc as ppbg
 from lodestar.risk.v1 import risk_service_pb2_grpc as rpbg
 from lodestar.risk.v1 import screening_pb2 as spb
-from sqlalchemy import func, select
-
 from services.campaign.app import DEFINITION as CAMPAIGN
 from services.campaign.db import DecisionRow, OfferRow
 from services.profile.app import DEFINITION as PROFILE

@@ -70,7 +70,6 @@ async def test_graceful_shutdown_reports_not_serving_then_refuses(start):
 async def test_unexpected_exception_is_internal_with_trace_id_never_unknown(start, monkeypatch):
     from lodestar.profile.v1 import profile_service_pb2 as pb
     from lodestar.profile.v1 import profile_service_pb2_grpc as pbg
-
     from tests.helpers import expect_error
 
     svc = await start(DEFINITION)
@@ -112,3 +111,32 @@ def test_port_in_use_exits_1_with_a_json_log_line(tmp_path):
     last = json.loads(done.stderr.strip().splitlines()[-1])
     assert last["level"] == "ERROR" and f"127.0.0.1:{port}" in last["message"]
     assert "Traceback" not in done.stderr
+
+
+def test_a_bad_service_setting_stops_the_service_with_exit_2(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RISK_QUIET_HOURS_START": "25:00", "GRPC_PORT": "0",
+           "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/r.db", "OTEL_TRACES_EXPORTER": "none"}
+    done = subprocess.run([sys.executable, "-m", "services.risk", "serve"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    assert "RISK_QUIET_HOURS_START" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "r.db").exists()  # stopped before migrating anything
+
+
+def test_driver_loggers_never_log_below_warning():
+    import logging
+
+    from services.platform.logs import configure_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging("test", "DEBUG")
+        for name in ("aiosqlite", "psycopg", "sqlalchemy.engine"):
+            assert logging.getLogger(name).getEffectiveLevel() >= logging.WARNING, name
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]

@@ -3,12 +3,12 @@
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
-from lodestar.profile.v1 import customer_pb2
-from lodestar.profile.v1 import profile_service_pb2 as pb
-from lodestar.profile.v1 import profile_service_pb2_grpc as pbg
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
+from lodestar.profile.v1 import customer_pb2
+from lodestar.profile.v1 import profile_service_pb2 as pb
+from lodestar.profile.v1 import profile_service_pb2_grpc as pbg
 from services.profile.app import DEFINITION
 from services.profile.db import CustomerRow, IdempotencyKey
 from tests.helpers import expect_error

@@ -3,8 +3,8 @@
 from datetime import UTC, date, datetime
 
 import pytest
-from lodestar.common.v1 import common_pb2 as c
 
+from lodestar.common.v1 import common_pb2 as c
 from services.campaign.db import CampaignUnitOfWork, DecisionRow
 from services.campaign.domain import CustomerSnapshot, DecisionContext, Offer, ScreenResult, Verdict
 from services.campaign.scoring import HeuristicPropensityModel, age_at, tolerance_level

@@ -10,9 +10,9 @@ import grpc
 import pytest
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+
 from lodestar.common.v1 import common_pb2
 from lodestar.risk.v1 import screening_pb2
-
 from lodestar_cli import demo
 from lodestar_cli.main import build_parser, error_info, run, service_addresses, table
 from lodestar_cli.stack import Stack

@@ -38,6 +38,7 @@ def test_invalid_argument_carries_error_info_and_bad_request():
 def test_not_found_reason_and_resource_info():
     status = to_status_proto(NotFound("customer", "customers/x"), "d")
     assert _unpack(status, error_details_pb2.ErrorInfo).reason == "CUSTOMER_NOT_FOUND"
+    assert "customers/x" not in status.message  # names can be personal data; they stay in ResourceInfo
     assert _unpack(status, error_details_pb2.ResourceInfo).resource_name == "customers/x"
 
 

@@ -1,0 +1,164 @@
+"""The risk service's domain objects: plain data, no SQL, no gRPC.
+
+The enums mirror the contract's enums by name (without the proto prefix, e.g. `CHANNEL_SMS` -> `Channel.SMS`);
+the handlers translate, and the database stores these names, so renumbering never rewrites history.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from enum import StrEnum
+
+
+class Channel(StrEnum):
+    SMS = "SMS"
+    EMAIL = "EMAIL"
+    APP_PUSH = "APP_PUSH"
+    WECHAT = "WECHAT"
+    PHONE = "PHONE"
+    IN_APP = "IN_APP"
+    PARTNER = "PARTNER"
+
+
+class ConsentPurpose(StrEnum):
+    MARKETING = "MARKETING"
+    PARTNER_SHARING = "PARTNER_SHARING"
+    PROFILING = "PROFILING"
+
+
+class ConsentAction(StrEnum):
+    GRANT = "GRANT"
+    WITHDRAW = "WITHDRAW"
+
+
+class ProductType(StrEnum):
+    CREDIT_CARD = "CREDIT_CARD"
+    CONSUMER_LOAN = "CONSUMER_LOAN"
+    INSTALMENT = "INSTALMENT"
+    SAVINGS_BOND = "SAVINGS_BOND"
+    DEPOSIT = "DEPOSIT"
+    WEALTH = "WEALTH"
+
+
+class Verdict(StrEnum):
+    ALLOW = "ALLOW"
+    DENY = "DENY"
+    HOLD = "HOLD"
+
+
+class Reason(StrEnum):
+    CONSENT_MISSING = "CONSENT_MISSING"
+    DO_NOT_CONTACT = "DO_NOT_CONTACT"
+    QUIET_HOURS = "QUIET_HOURS"
+    FREQUENCY_CAP = "FREQUENCY_CAP"
+    UNSUITABLE = "UNSUITABLE"
+    UNDERAGE = "UNDERAGE"
+    CREDIT_DECLINED = "CREDIT_DECLINED"
+    FRAUD_SUSPECTED = "FRAUD_SUSPECTED"
+    TIMEZONE_UNKNOWN = "TIMEZONE_UNKNOWN"
+    IN_COLLECTIONS = "IN_COLLECTIONS"
+    VULNERABLE_CUSTOMER = "VULNERABLE_CUSTOMER"
+    AGE_UNKNOWN = "AGE_UNKNOWN"
+
+
+@dataclass(frozen=True)
+class QuietHours:
+    """Local clock times [start, end): a window that may wrap midnight. start == end means no quiet hours."""
+
+    start: time
+    end: time
+
+
+@dataclass(frozen=True)
+class CustomerFacts:
+    birth_date: date | None = None
+    time_zone: str = ""
+    region: str = ""
+    # 0 (unspecified) to 5: C1 (conservative) .. C5 (aggressive).
+    risk_tolerance: int = 0
+    in_collections: bool = False
+    vulnerable: bool = False
+
+
+@dataclass(frozen=True)
+class OfferSubject:
+    offer_id: str
+    product_type: ProductType
+    # 0 (unspecified) to 5: R1 (lowest) .. R5 (highest).
+    risk_level: int = 0
+
+
+@dataclass(frozen=True)
+class ScreeningRequest:
+    customer_id: str
+    channel: Channel
+    contact_time: datetime
+    facts: CustomerFacts
+    offers: tuple[OfferSubject, ...]
+
+
+@dataclass(frozen=True)
+class OfferVerdict:
+    offer_id: str
+    verdict: Verdict
+    reasons: tuple[Reason, ...] = ()
+
+
+@dataclass(frozen=True)
+class ScreeningResult:
+    verdicts: tuple[OfferVerdict, ...]
+    policy_version: str
+
+
+@dataclass
+class ConsentRecord:
+    customer_id: str
+    channel: Channel
+    purpose: ConsentPurpose
+    action: ConsentAction
+    source: str
+    actor: str = ""
+    record_time: datetime | None = None
+    expire_time: datetime | None = None
+    # The row id; orders records recorded at the same instant. None until stored.
+    record_id: int | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class HistoryPosition:
+    """Where a page of consent history ends: the last record returned (newest-first order)."""
+
+    record_time: datetime
+    record_id: int
+
+
+@dataclass(frozen=True)
+class ConsentPage:
+    records: list[ConsentRecord]
+    next_position: HistoryPosition | None
+
+
+def consent_to_json(record: ConsentRecord) -> bytes:
+    """Exact serialisation, used to replay the response of an idempotent request."""
+    data = {
+        "customer_id": record.customer_id, "channel": record.channel.value, "purpose": record.purpose.value,
+        "action": record.action.value, "source": record.source, "actor": record.actor,
+        "record_time": record.record_time.isoformat() if record.record_time else None,
+        "expire_time": record.expire_time.isoformat() if record.expire_time else None,
+        "record_id": record.record_id,
+    }
+    return json.dumps(data, sort_keys=True).encode()
+
+
+def consent_from_json(raw: bytes) -> ConsentRecord:
+    data = json.loads(raw)
+    return ConsentRecord(
+        customer_id=data["customer_id"], channel=Channel(data["channel"]),
+        purpose=ConsentPurpose(data["purpose"]),
+        action=ConsentAction(data["action"]), source=data["source"], actor=data["actor"],
+        record_time=datetime.fromisoformat(data["record_time"]) if data["record_time"] else None,
+        expire_time=datetime.fromisoformat(data["expire_time"]) if data["expire_time"] else None,
+        record_id=data["record_id"],
+    )
