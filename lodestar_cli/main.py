@@ -641,6 +641,10 @@ def build_parser() -> argparse.ArgumentParser:
     partner_offers.add_argument("--max-offers", type=_positive, default=3)
     partner_offers.add_argument("--placement", default="")
     partner_offers.set_defaults(handler=cmd_partner_offers)
+
+    from lodestar_cli.commands import register_all  # late: command modules import this one
+
+    register_all(commands, common)
     return parser
 
 
