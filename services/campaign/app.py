@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from pathlib import Path
 
 import grpc
@@ -10,8 +13,12 @@ from lodestar.campaign.v1 import campaign_service_pb2, campaign_service_pb2_grpc
 from services.campaign.clients import ProfileClient, RiskClient
 from services.campaign.db import CampaignUnitOfWork
 from services.campaign.handlers import CampaignHandlers
+from services.campaign.lifecycle import CampaignLifecycle
 from services.campaign.service import CampaignService
+from services.platform.config import ConfigError, ServiceSettings
 from services.platform.server import Runtime, ServiceDefinition
+
+log = logging.getLogger("lodestar.campaign")
 
 SERVICE_NAMES = (campaign_service_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name,)
 
@@ -22,8 +29,45 @@ async def register(server: grpc.aio.Server, runtime: Runtime) -> None:
     risk = RiskClient(deps["risk"], tracer_provider=runtime.tracer_provider, default_timeout=1.0)
     runtime.closers += [profile.close, risk.close]
     service = CampaignService(lambda: CampaignUnitOfWork(runtime.database), profile, risk)
+    lifecycle = CampaignLifecycle(lambda: CampaignUnitOfWork(runtime.database), content=risk)
     runtime.components["service"] = service
-    campaign_service_pb2_grpc.add_CampaignServiceServicer_to_server(CampaignHandlers(service), server)
+    runtime.components["lifecycle"] = lifecycle
+    campaign_service_pb2_grpc.add_CampaignServiceServicer_to_server(CampaignHandlers(service, lifecycle), server)
+    scheduler = asyncio.create_task(_run_scheduler(lifecycle, float(runtime.settings.extra.get(
+        SCHEDULER_INTERVAL, DEFAULT_SCHEDULER_INTERVAL_SECONDS))))
+
+    async def stop_scheduler() -> None:
+        scheduler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await scheduler
+
+    runtime.closers.append(stop_scheduler)
+
+
+SCHEDULER_INTERVAL = "CAMPAIGN_SCHEDULER_INTERVAL_SECONDS"
+DEFAULT_SCHEDULER_INTERVAL_SECONDS = 5.0
+
+
+async def _run_scheduler(lifecycle: CampaignLifecycle, interval: float) -> None:
+    """Every replica runs this; transitions are conditional updates, so a campaign moves exactly once."""
+    while True:
+        try:
+            await lifecycle.advance_schedules()
+        except Exception:  # a database blip must not kill the loop; it is logged and retried next tick
+            log.warning("campaign scheduler tick failed", exc_info=True)
+        await asyncio.sleep(interval)
+
+
+def _check_settings(settings: ServiceSettings) -> None:
+    raw = settings.extra.get(SCHEDULER_INTERVAL)
+    if raw is None:
+        return
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.1 <= value <= 3600:
+        raise ConfigError(f"{SCHEDULER_INTERVAL} must be a number of seconds between 0.1 and 3600, got {raw!r}")
 
 
 DEFINITION = ServiceDefinition(
@@ -32,4 +76,6 @@ DEFINITION = ServiceDefinition(
     migrations=Path(__file__).parent / "migrations",
     register=register,
     dependencies=("profile", "risk"),
+    extra_settings=(SCHEDULER_INTERVAL,),
+    validate_settings=_check_settings,
 )

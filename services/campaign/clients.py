@@ -11,7 +11,7 @@ from google.protobuf import timestamp_pb2
 
 from lodestar.common.v1 import common_pb2
 from lodestar.profile.v1 import profile_service_pb2, profile_service_pb2_grpc
-from lodestar.risk.v1 import risk_service_pb2_grpc, screening_pb2
+from lodestar.risk.v1 import content_pb2, risk_service_pb2_grpc, screening_pb2
 from services.campaign.domain import CustomerSnapshot, Offer, ScreenResult, Verdict
 from services.campaign.scoring import tolerance_level
 from services.platform.clients import ServiceClient
@@ -79,3 +79,10 @@ class RiskClient(ServiceClient):
             for v in response.verdicts
         }
         return ScreenResult(verdicts=verdicts, policy_version=response.policy_version)
+
+    async def check_content(self, text: str, product_type: int) -> list[tuple[str, str, int, int]]:
+        """Risk's content rules: (kind, rule_id, start, end) per violation."""
+        response = await self.call(self.stub.CheckContent, content_pb2.CheckContentRequest(
+            text=text, product_type=product_type))  # type: ignore[arg-type]
+        return [(content_pb2.ViolationKind.Name(v.kind).removeprefix("VIOLATION_KIND_"), v.rule_id, v.start, v.end)
+                for v in response.violations]

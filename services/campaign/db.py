@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Float, Integer, String, or_, select
+from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from services.campaign.domain import Disclosure, Offer
+from services.campaign.domain import Arm, Campaign, Disclosure, Offer, StateChange
 from services.platform.db import IdempotencyKeyMixin, UnitOfWork, UtcDateTime, new_metadata, utcnow
 
 
@@ -49,6 +49,43 @@ class DecisionRow(Base):
     policy_version: Mapped[str] = mapped_column(String(64))
     candidates: Mapped[list[Any]] = mapped_column(JSON)
     create_time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class CampaignRow(Base):
+    __tablename__ = "campaigns"
+
+    campaign_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    segment: Mapped[str] = mapped_column(String(200), default="")
+    offer_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    channels: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    start_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    end_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    budget: Mapped[float] = mapped_column(Float, default=0.0)
+    capacities: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    control_share: Mapped[float] = mapped_column(Float, default=0.0)
+    arms: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_by: Mapped[str] = mapped_column(String(128))
+    approved_by: Mapped[str] = mapped_column(String(128), default="")
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    update_time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class CampaignStateChangeRow(Base):
+    """Every state change of every campaign: who, when, from what to what, and why."""
+
+    __tablename__ = "campaign_state_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    campaign_id: Mapped[str] = mapped_column(ForeignKey("campaigns.campaign_id", ondelete="CASCADE"), index=True)
+    from_state: Mapped[str] = mapped_column(String(16))
+    to_state: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    change_time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class IdempotencyKey(IdempotencyKeyMixin, Base):
@@ -108,10 +145,98 @@ class DecisionRepository:
         return await self.session.get(DecisionRow, decision_id)
 
 
+def _campaign(row: CampaignRow, history: list[CampaignStateChangeRow]) -> Campaign:
+    return Campaign(
+        campaign_id=row.campaign_id, display_name=row.display_name, description=row.description, state=row.state,
+        segment=row.segment, offer_ids=list(row.offer_ids or []), channels=list(row.channels or []),
+        start_time=row.start_time, end_time=row.end_time, budget=row.budget,
+        capacities={int(c): int(n) for c, n in row.capacities or []}, control_share=row.control_share,
+        arms=[Arm(a["arm_id"], a["share"], a["content"]) for a in row.arms or []], created_by=row.created_by,
+        approved_by=row.approved_by, version=row.version, create_time=row.create_time, update_time=row.update_time,
+        history=[StateChange(h.from_state, h.to_state, h.actor, h.reason, h.change_time) for h in history],
+    )
+
+
+def _write_fields(row: CampaignRow, campaign: Campaign) -> None:
+    row.display_name, row.description, row.segment = campaign.display_name, campaign.description, campaign.segment
+    row.offer_ids, row.channels = list(campaign.offer_ids), list(campaign.channels)
+    row.start_time, row.end_time, row.budget = campaign.start_time, campaign.end_time, campaign.budget
+    row.capacities = [[c, n] for c, n in sorted(campaign.capacities.items())]
+    row.control_share = campaign.control_share
+    row.arms = [{"arm_id": a.arm_id, "share": a.share, "content": a.content} for a in campaign.arms]
+
+
+class CampaignRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def _history(self, campaign_id: str) -> list[CampaignStateChangeRow]:
+        query = select(CampaignStateChangeRow).where(CampaignStateChangeRow.campaign_id == campaign_id).order_by(
+            CampaignStateChangeRow.id)
+        return list(await self.session.scalars(query))
+
+    async def get(self, campaign_id: str, *, for_update: bool = False) -> Campaign | None:
+        row = await self.session.get(CampaignRow, campaign_id, with_for_update=for_update)
+        return _campaign(row, await self._history(campaign_id)) if row else None
+
+    async def list_page(self, *, after_id: str | None, limit: int, state: str | None) -> list[Campaign]:
+        query = select(CampaignRow).order_by(CampaignRow.campaign_id).limit(limit)
+        if after_id is not None:
+            query = query.where(CampaignRow.campaign_id > after_id)
+        if state:
+            query = query.where(CampaignRow.state == state)
+        return [_campaign(row, await self._history(row.campaign_id)) for row in await self.session.scalars(query)]
+
+    async def add(self, campaign: Campaign) -> Campaign:
+        now = utcnow()
+        row = CampaignRow(campaign_id=campaign.campaign_id, state=campaign.state, created_by=campaign.created_by,
+                          approved_by="", version=1, create_time=now, update_time=now)
+        _write_fields(row, campaign)
+        self.session.add(row)
+        await self.session.flush()
+        return _campaign(row, [])
+
+    async def save(self, campaign: Campaign) -> Campaign:
+        """Writes the editable fields, bumping the version."""
+        row = await self.session.get(CampaignRow, campaign.campaign_id)
+        assert row is not None
+        _write_fields(row, campaign)
+        row.version += 1
+        row.update_time = utcnow()
+        await self.session.flush()
+        return _campaign(row, await self._history(campaign.campaign_id))
+
+    async def transition(self, campaign_id: str, from_state: str, to_state: str, actor: str, reason: str, *,
+                         approved_by: str | None = None) -> bool:
+        """Moves the campaign from `from_state` to `to_state` if it is still in `from_state` (a conditional
+        update, so concurrent transitions and replicas never both win), and records the change."""
+        values: dict[str, Any] = {"state": to_state, "version": CampaignRow.version + 1, "update_time": utcnow()}
+        if approved_by is not None:
+            values["approved_by"] = approved_by
+        result = await self.session.execute(
+            update(CampaignRow).where(CampaignRow.campaign_id == campaign_id, CampaignRow.state == from_state)
+            .values(**values).execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        self.session.add(CampaignStateChangeRow(campaign_id=campaign_id, from_state=from_state, to_state=to_state,
+                                                actor=actor, reason=reason, change_time=utcnow()))
+        await self.session.flush()
+        return True
+
+    async def due(self, state: str, time_column: str, now: datetime) -> list[str]:
+        """Ids of campaigns in `state` whose start_time/end_time has passed."""
+        column = CampaignRow.start_time if time_column == "start_time" else CampaignRow.end_time
+        query = select(CampaignRow.campaign_id).where(CampaignRow.state == state, column.is_not(None), column <= now)
+        return list(await self.session.scalars(query))
+
+
 class CampaignUnitOfWork(UnitOfWork):
     offers: OfferRepository
     decisions: DecisionRepository
+    campaigns: CampaignRepository
 
     def _enter_repositories(self) -> None:
         self.offers = OfferRepository(self.session)
         self.decisions = DecisionRepository(self.session)
+        self.campaigns = CampaignRepository(self.session)

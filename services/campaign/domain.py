@@ -142,3 +142,107 @@ def offer_from_json(raw: bytes) -> Offer:
         valid_from=when("valid_from"), valid_until=when("valid_until"), version=data["version"],
         create_time=when("create_time"),
     )
+
+
+# --- campaigns -----------------------------------------------------------------------------------------------
+
+DRAFT, SUBMITTED, APPROVED, SCHEDULED, RUNNING, PAUSED, COMPLETED, CANCELLED = (
+    "DRAFT", "SUBMITTED", "APPROVED", "SCHEDULED", "RUNNING", "PAUSED", "COMPLETED", "CANCELLED")
+TERMINAL_STATES = frozenset({COMPLETED, CANCELLED})
+# Allowed transitions (from, to); CANCELLED is reachable from every non-terminal state.
+TRANSITIONS = frozenset({
+    (DRAFT, SUBMITTED), (SUBMITTED, APPROVED), (SUBMITTED, DRAFT), (APPROVED, SCHEDULED),
+    (SCHEDULED, RUNNING), (RUNNING, PAUSED), (PAUSED, RUNNING), (RUNNING, COMPLETED), (PAUSED, COMPLETED),
+}) | {(state, CANCELLED) for state in (DRAFT, SUBMITTED, APPROVED, SCHEDULED, RUNNING, PAUSED)}
+# Fields UpdateCampaign may change (only while DRAFT).
+CAMPAIGN_UPDATABLE = frozenset({
+    "display_name", "description", "segment", "offer_ids", "channels", "start_time", "end_time", "budget",
+    "capacities", "control_share", "arms",
+})
+
+
+@dataclass(frozen=True)
+class Arm:
+    arm_id: str
+    share: float
+    content: str
+
+
+@dataclass(frozen=True)
+class StateChange:
+    from_state: str
+    to_state: str
+    actor: str
+    reason: str
+    change_time: datetime
+
+
+@dataclass
+class Campaign:
+    campaign_id: str
+    display_name: str = ""
+    description: str = ""
+    state: str = DRAFT
+    segment: str = ""
+    offer_ids: list[str] = field(default_factory=list)
+    channels: list[int] = field(default_factory=list)
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    budget: float = 0.0
+    capacities: dict[int, int] = field(default_factory=dict)
+    control_share: float = 0.0
+    arms: list[Arm] = field(default_factory=list)
+    created_by: str = ""
+    approved_by: str = ""
+    version: int = 0
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+    history: list[StateChange] = field(default_factory=list)
+
+    @property
+    def etag(self) -> str:
+        return f"{self.campaign_id}:{self.version}".encode().hex()[-16:]
+
+
+@dataclass(frozen=True)
+class CampaignPage:
+    campaigns: list[Campaign]
+    next_after_id: str | None
+
+
+def campaign_to_json(campaign: Campaign) -> bytes:
+    """Exact serialisation, used to replay the response of an idempotent request."""
+
+    def when(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    return json.dumps({
+        "campaign_id": campaign.campaign_id, "display_name": campaign.display_name,
+        "description": campaign.description, "state": campaign.state, "segment": campaign.segment,
+        "offer_ids": campaign.offer_ids, "channels": campaign.channels, "start_time": when(campaign.start_time),
+        "end_time": when(campaign.end_time), "budget": campaign.budget,
+        "capacities": [[k, v] for k, v in sorted(campaign.capacities.items())],
+        "control_share": campaign.control_share, "arms": [[a.arm_id, a.share, a.content] for a in campaign.arms],
+        "created_by": campaign.created_by, "approved_by": campaign.approved_by, "version": campaign.version,
+        "create_time": when(campaign.create_time), "update_time": when(campaign.update_time),
+        "history": [[h.from_state, h.to_state, h.actor, h.reason, h.change_time.isoformat()]
+                    for h in campaign.history],
+    }, sort_keys=True).encode()
+
+
+def campaign_from_json(raw: bytes) -> Campaign:
+    data = json.loads(raw)
+
+    def when(value: str | None) -> datetime | None:
+        return datetime.fromisoformat(value) if value else None
+
+    return Campaign(
+        campaign_id=data["campaign_id"], display_name=data["display_name"], description=data["description"],
+        state=data["state"], segment=data["segment"], offer_ids=list(data["offer_ids"]),
+        channels=list(data["channels"]), start_time=when(data["start_time"]), end_time=when(data["end_time"]),
+        budget=data["budget"], capacities={k: v for k, v in data["capacities"]},
+        control_share=data["control_share"], arms=[Arm(*a) for a in data["arms"]],
+        created_by=data["created_by"], approved_by=data["approved_by"], version=data["version"],
+        create_time=when(data["create_time"]), update_time=when(data["update_time"]),
+        history=[StateChange(f, t, a, r, datetime.fromisoformat(c)) for f, t, a, r, c in data["history"]],
+    )

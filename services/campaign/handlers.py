@@ -4,18 +4,37 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
+from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
 
-from lodestar.campaign.v1 import campaign_service_pb2, campaign_service_pb2_grpc, offer_pb2
+from lodestar.campaign.v1 import campaign_pb2, campaign_service_pb2, campaign_service_pb2_grpc, offer_pb2
 from lodestar.common.v1 import common_pb2
-from services.campaign.domain import Decision, DecisionContext, Disclosure, Offer
+from services.campaign.domain import (
+    APPROVED,
+    CAMPAIGN_UPDATABLE,
+    CANCELLED,
+    COMPLETED,
+    DRAFT,
+    PAUSED,
+    RUNNING,
+    SCHEDULED,
+    SUBMITTED,
+    Arm,
+    Campaign,
+    Decision,
+    DecisionContext,
+    Disclosure,
+    Offer,
+)
+from services.campaign.lifecycle import CampaignLifecycle, check_consistency
 from services.campaign.service import CampaignService
 from services.platform import pagination
 from services.platform.db import utcnow
+from services.platform.errors import InvalidArgument
 from services.platform.idempotency import key_for
-from services.platform.validation import Violations, check_enum, check_id, parse_name
+from services.platform.validation import ID_PATTERN, Violations, check_enum, check_id, check_mask, parse_name
 
 MAX_OFFERS_LIMIT = 20
 DEFAULT_MAX_OFFERS = 3
@@ -101,9 +120,109 @@ def decision_to_proto(decision: Decision) -> campaign_service_pb2.DecideResponse
     )
 
 
+def state_to_proto(state: str) -> int:
+    return campaign_pb2.CampaignState.Value(f"CAMPAIGN_STATE_{state}")
+
+
+def state_from_proto(value: int) -> str:
+    return campaign_pb2.CampaignState.Name(value).removeprefix("CAMPAIGN_STATE_")  # type: ignore[arg-type]
+
+
+def campaign_to_proto(campaign: Campaign) -> campaign_pb2.Campaign:
+    return campaign_pb2.Campaign(
+        name=f"campaigns/{campaign.campaign_id}", campaign_id=campaign.campaign_id,
+        display_name=campaign.display_name, description=campaign.description,
+        state=state_to_proto(campaign.state),  # type: ignore[arg-type]
+        segment=campaign.segment, offer_ids=campaign.offer_ids, channels=campaign.channels,  # type: ignore[arg-type]
+        start_time=_ts(campaign.start_time), end_time=_ts(campaign.end_time), budget=campaign.budget,
+        capacities=[campaign_pb2.ChannelCapacity(channel=c, max_contacts=n)  # type: ignore[arg-type]
+                    for c, n in sorted(campaign.capacities.items())],
+        control_share=campaign.control_share,
+        arms=[campaign_pb2.Arm(arm_id=a.arm_id, share=a.share, content=a.content) for a in campaign.arms],
+        created_by=campaign.created_by, approved_by=campaign.approved_by, etag=campaign.etag,
+        create_time=_ts(campaign.create_time), update_time=_ts(campaign.update_time),
+        history=[campaign_pb2.StateChange(
+            from_state=state_to_proto(h.from_state), to_state=state_to_proto(h.to_state),  # type: ignore[arg-type]
+            actor=h.actor, reason=h.reason, change_time=_ts(h.change_time)) for h in campaign.history],
+    )
+
+
+MAX_ARMS = 20
+MAX_CONTENT = 2000
+
+
+def campaign_from_proto(message: campaign_pb2.Campaign) -> Campaign:
+    """The client-settable fields, each checked on its own (INVALID_ARGUMENT listing every problem)."""
+    v = Violations()
+    if len(message.display_name) > 200:
+        v.add("campaign.display_name", "must be at most 200 characters")
+    if len(message.description) > 4000:
+        v.add("campaign.description", "must be at most 4000 characters")
+    if message.segment:
+        try:
+            parse_name(message.segment, "segments", field="campaign.segment")
+        except Exception as error:  # the violation's own text is the clearest message
+            v.add("campaign.segment", str(error).split(": ", 1)[-1])
+    for i, offer_id in enumerate(message.offer_ids):
+        try:
+            check_id(offer_id, f"campaign.offer_ids[{i}]")
+        except Exception:
+            v.add(f"campaign.offer_ids[{i}]", "is not an offer id")
+    if len(set(message.offer_ids)) != len(message.offer_ids):
+        v.add("campaign.offer_ids", "lists an offer twice")
+    known_channels = {c.number for c in common_pb2.Channel.DESCRIPTOR.values} - {0}
+    for i, channel in enumerate(message.channels):
+        if channel not in known_channels:
+            v.add(f"campaign.channels[{i}]", f"unknown channel {channel}")
+    if len(set(message.channels)) != len(message.channels):
+        v.add("campaign.channels", "lists a channel twice")
+    if not math.isfinite(message.budget) or message.budget < 0:
+        v.add("campaign.budget", "must be a finite amount, zero or more")
+    capacities: dict[int, int] = {}
+    for i, capacity in enumerate(message.capacities):
+        if capacity.channel not in known_channels:
+            v.add(f"campaign.capacities[{i}].channel", f"unknown channel {capacity.channel}")
+        elif capacity.channel in capacities:
+            v.add(f"campaign.capacities[{i}].channel", "given twice")
+        if capacity.max_contacts < 0:
+            v.add(f"campaign.capacities[{i}].max_contacts", "must be zero or more")
+        capacities[capacity.channel] = capacity.max_contacts
+    if not math.isfinite(message.control_share) or not 0 <= message.control_share < 1:
+        v.add("campaign.control_share", "must be at least 0 and below 1")
+    if len(message.arms) > MAX_ARMS:
+        v.add("campaign.arms", f"at most {MAX_ARMS} arms")
+    arm_ids: set[str] = set()
+    for i, arm in enumerate(message.arms):
+        if not arm.arm_id or not ID_PATTERN.match(arm.arm_id):
+            v.add(f"campaign.arms[{i}].arm_id", "is required: letters, digits, '.', '_' or '-'")
+        elif arm.arm_id in arm_ids:
+            v.add(f"campaign.arms[{i}].arm_id", "is used by another arm")
+        arm_ids.add(arm.arm_id)
+        if not math.isfinite(arm.share) or not 0 < arm.share <= 1:
+            v.add(f"campaign.arms[{i}].share", "must be above 0 and at most 1")
+        if not arm.content.strip():
+            v.add(f"campaign.arms[{i}].content", "is required")
+        elif len(arm.content) > MAX_CONTENT:
+            v.add(f"campaign.arms[{i}].content", f"must be at most {MAX_CONTENT} characters")
+    v.raise_if_any()
+    return Campaign(
+        campaign_id=message.campaign_id, display_name=message.display_name.strip(),
+        description=message.description, segment=message.segment, offer_ids=list(message.offer_ids),
+        channels=list(message.channels), start_time=_from_ts(message, "start_time"),
+        end_time=_from_ts(message, "end_time"), budget=message.budget, capacities=capacities,
+        control_share=message.control_share,
+        arms=[Arm(a.arm_id, a.share, a.content) for a in message.arms],
+    )
+
+
+def _actor(actor: str) -> str:
+    return check_id(actor, "actor")
+
+
 class CampaignHandlers(campaign_service_pb2_grpc.CampaignServiceServicer):
-    def __init__(self, service: CampaignService) -> None:
+    def __init__(self, service: CampaignService, lifecycle: CampaignLifecycle) -> None:
         self.service = service
+        self.lifecycle = lifecycle
 
     async def Decide(self, request: campaign_service_pb2.DecideRequest,
                      context: grpc.aio.ServicerContext) -> campaign_service_pb2.DecideResponse:
@@ -150,3 +269,94 @@ class CampaignHandlers(campaign_service_pb2_grpc.CampaignServiceServicer):
         token = pagination.encode_page_token({"after": page.next_after_id}, fingerprint) if page.next_after_id else ""
         return campaign_service_pb2.ListOffersResponse(offers=[offer_to_proto(o) for o in page.offers],
                                                        next_page_token=token)
+
+    # --- campaigns ----------------------------------------------------------------------------------------
+
+    async def CreateCampaign(self, request: campaign_service_pb2.CreateCampaignRequest,
+                             context: grpc.aio.ServicerContext) -> campaign_service_pb2.CreateCampaignResponse:
+        check_id(request.campaign.campaign_id, "campaign.campaign_id")
+        actor = _actor(request.actor)
+        campaign = campaign_from_proto(request.campaign)
+        check_consistency(campaign)
+        created = await self.lifecycle.create(campaign, actor, key_for("CreateCampaign", request))
+        return campaign_service_pb2.CreateCampaignResponse(campaign=campaign_to_proto(created))
+
+    async def GetCampaign(self, request: campaign_service_pb2.GetCampaignRequest,
+                          context: grpc.aio.ServicerContext) -> campaign_service_pb2.GetCampaignResponse:
+        campaign = await self.lifecycle.get(parse_name(request.name, "campaigns"))
+        return campaign_service_pb2.GetCampaignResponse(campaign=campaign_to_proto(campaign))
+
+    async def ListCampaigns(self, request: campaign_service_pb2.ListCampaignsRequest,
+                            context: grpc.aio.ServicerContext) -> campaign_service_pb2.ListCampaignsResponse:
+        size = pagination.page_size(request.page_size)
+        state = check_enum(request.state, campaign_pb2.CampaignState, "state", required=False)
+        fingerprint = pagination.query_fingerprint(state=state)
+        position = pagination.decode_page_token(request.page_token, fingerprint)
+        after = position.get("after") if position else None
+        page = await self.lifecycle.list_page(after_id=after if isinstance(after, str) else None, page_size=size,
+                                         state=state_from_proto(state) if state else None)
+        token = pagination.encode_page_token({"after": page.next_after_id}, fingerprint) if page.next_after_id else ""
+        return campaign_service_pb2.ListCampaignsResponse(
+            campaigns=[campaign_to_proto(c) for c in page.campaigns], next_page_token=token)
+
+    async def UpdateCampaign(self, request: campaign_service_pb2.UpdateCampaignRequest,
+                             context: grpc.aio.ServicerContext) -> campaign_service_pb2.UpdateCampaignResponse:
+        campaign_id = parse_name(request.campaign.name, "campaigns", field="campaign.name")
+        _actor(request.actor)
+        paths = check_mask(request.update_mask.paths, set(CAMPAIGN_UPDATABLE))
+        changes = campaign_from_proto(request.campaign)
+        changes.campaign_id = campaign_id
+        updated = await self.lifecycle.update(changes, paths, request.campaign.etag,
+                                              key_for("UpdateCampaign", request))
+        return campaign_service_pb2.UpdateCampaignResponse(campaign=campaign_to_proto(updated))
+
+    async def _move(self, request: Any, to_state: str, method: str, *, reason_required: bool = False) -> Campaign:
+        campaign_id = parse_name(request.name, "campaigns")
+        actor = _actor(request.actor)
+        reason = getattr(request, "reason", "")
+        if reason_required and not reason.strip():
+            raise InvalidArgument.field("reason", "is required", reason="REQUIRED_FIELD_MISSING")
+        if len(reason) > 1000:
+            raise InvalidArgument.field("reason", "must be at most 1000 characters")
+        return await self.lifecycle.transition(campaign_id, to_state, actor, expected_etag=request.etag,
+                                               reason=reason.strip(), key=key_for(method, request))
+
+    async def SubmitCampaign(self, request: campaign_service_pb2.SubmitCampaignRequest,
+                             context: grpc.aio.ServicerContext) -> campaign_service_pb2.SubmitCampaignResponse:
+        moved = await self._move(request, SUBMITTED, "SubmitCampaign")
+        return campaign_service_pb2.SubmitCampaignResponse(campaign=campaign_to_proto(moved))
+
+    async def ApproveCampaign(self, request: campaign_service_pb2.ApproveCampaignRequest,
+                              context: grpc.aio.ServicerContext) -> campaign_service_pb2.ApproveCampaignResponse:
+        moved = await self._move(request, APPROVED, "ApproveCampaign")
+        return campaign_service_pb2.ApproveCampaignResponse(campaign=campaign_to_proto(moved))
+
+    async def RejectCampaign(self, request: campaign_service_pb2.RejectCampaignRequest,
+                             context: grpc.aio.ServicerContext) -> campaign_service_pb2.RejectCampaignResponse:
+        moved = await self._move(request, DRAFT, "RejectCampaign", reason_required=True)
+        return campaign_service_pb2.RejectCampaignResponse(campaign=campaign_to_proto(moved))
+
+    async def ScheduleCampaign(self, request: campaign_service_pb2.ScheduleCampaignRequest,
+                               context: grpc.aio.ServicerContext) -> campaign_service_pb2.ScheduleCampaignResponse:
+        moved = await self._move(request, SCHEDULED, "ScheduleCampaign")
+        return campaign_service_pb2.ScheduleCampaignResponse(campaign=campaign_to_proto(moved))
+
+    async def PauseCampaign(self, request: campaign_service_pb2.PauseCampaignRequest,
+                            context: grpc.aio.ServicerContext) -> campaign_service_pb2.PauseCampaignResponse:
+        moved = await self._move(request, PAUSED, "PauseCampaign")
+        return campaign_service_pb2.PauseCampaignResponse(campaign=campaign_to_proto(moved))
+
+    async def ResumeCampaign(self, request: campaign_service_pb2.ResumeCampaignRequest,
+                             context: grpc.aio.ServicerContext) -> campaign_service_pb2.ResumeCampaignResponse:
+        moved = await self._move(request, RUNNING, "ResumeCampaign")
+        return campaign_service_pb2.ResumeCampaignResponse(campaign=campaign_to_proto(moved))
+
+    async def CompleteCampaign(self, request: campaign_service_pb2.CompleteCampaignRequest,
+                               context: grpc.aio.ServicerContext) -> campaign_service_pb2.CompleteCampaignResponse:
+        moved = await self._move(request, COMPLETED, "CompleteCampaign")
+        return campaign_service_pb2.CompleteCampaignResponse(campaign=campaign_to_proto(moved))
+
+    async def CancelCampaign(self, request: campaign_service_pb2.CancelCampaignRequest,
+                             context: grpc.aio.ServicerContext) -> campaign_service_pb2.CancelCampaignResponse:
+        moved = await self._move(request, CANCELLED, "CancelCampaign")
+        return campaign_service_pb2.CancelCampaignResponse(campaign=campaign_to_proto(moved))
