@@ -13,6 +13,7 @@ from lodestar.campaign.v1 import campaign_service_pb2, campaign_service_pb2_grpc
 from services.campaign.clients import ProfileClient, RiskClient
 from services.campaign.db import CampaignUnitOfWork
 from services.campaign.handlers import CampaignHandlers
+from services.campaign.learning import LearningService
 from services.campaign.lifecycle import CampaignLifecycle
 from services.campaign.service import CampaignService
 from services.platform.config import ConfigError, ServiceSettings
@@ -31,8 +32,11 @@ async def register(server: grpc.aio.Server, runtime: Runtime) -> None:
     service = CampaignService(lambda: CampaignUnitOfWork(runtime.database), profile, risk)
     lifecycle = CampaignLifecycle(lambda: CampaignUnitOfWork(runtime.database), content=risk)
     runtime.components["service"] = service
+    learning = LearningService(lambda: CampaignUnitOfWork(runtime.database), profile)
     runtime.components["lifecycle"] = lifecycle
-    campaign_service_pb2_grpc.add_CampaignServiceServicer_to_server(CampaignHandlers(service, lifecycle), server)
+    runtime.components["learning"] = learning
+    campaign_service_pb2_grpc.add_CampaignServiceServicer_to_server(CampaignHandlers(service, lifecycle, learning),
+                                                                    server)
     scheduler = asyncio.create_task(_run_scheduler(lifecycle, float(runtime.settings.extra.get(
         SCHEDULER_INTERVAL, DEFAULT_SCHEDULER_INTERVAL_SECONDS))))
 

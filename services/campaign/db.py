@@ -5,7 +5,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, or_, select, update
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -86,6 +99,49 @@ class CampaignStateChangeRow(Base):
     actor: Mapped[str] = mapped_column(String(128))
     reason: Mapped[str] = mapped_column(Text, default="")
     change_time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class HistoryRow(Base):
+    """A past contact (or control non-contact) and its outcome; the training data of models."""
+
+    __tablename__ = "campaign_history"
+    __table_args__ = (UniqueConstraint("customer_id", "campaign_ref", "offer_id", "contact_time",
+                                       name="uq_campaign_history_contact"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str] = mapped_column(String(128), index=True)
+    campaign_ref: Mapped[str] = mapped_column(String(128))
+    offer_id: Mapped[str] = mapped_column(String(128), index=True)
+    arm: Mapped[str] = mapped_column(String(64), default="")
+    treated: Mapped[bool] = mapped_column(Boolean)
+    contact_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    channel: Mapped[int] = mapped_column(Integer, default=0)
+    responded: Mapped[bool] = mapped_column(Boolean, default=False)
+    converted: Mapped[bool] = mapped_column(Boolean, default=False)
+    revenue: Mapped[float] = mapped_column(Float, default=0.0)
+    context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    import_time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class ModelVersionRow(Base):
+    """A trained model version: its features, training window, cross-validated metrics and artefact."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("model_id", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_id: Mapped[str] = mapped_column(String(200), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    offer_id: Mapped[str] = mapped_column(String(128))
+    features: Mapped[list[Any]] = mapped_column(JSON)
+    window_start: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    window_end: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))
+    algorithm: Mapped[str] = mapped_column(String(64))
+    artifact: Mapped[bytes] = mapped_column(LargeBinary)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class IdempotencyKey(IdempotencyKeyMixin, Base):

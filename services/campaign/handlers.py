@@ -9,7 +9,14 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 
-from lodestar.campaign.v1 import campaign_pb2, campaign_service_pb2, campaign_service_pb2_grpc, offer_pb2
+from lodestar.campaign.v1 import (
+    campaign_pb2,
+    campaign_service_pb2,
+    campaign_service_pb2_grpc,
+    history_pb2,
+    model_pb2,
+    offer_pb2,
+)
 from lodestar.common.v1 import common_pb2
 from services.campaign.domain import (
     APPROVED,
@@ -28,6 +35,7 @@ from services.campaign.domain import (
     Disclosure,
     Offer,
 )
+from services.campaign.learning import HistoryEntry, LearningService, ModelVersionInfo
 from services.campaign.lifecycle import CampaignLifecycle, check_consistency
 from services.campaign.service import CampaignService
 from services.platform import pagination
@@ -219,10 +227,81 @@ def _actor(actor: str) -> str:
     return check_id(actor, "actor")
 
 
+MAX_HISTORY_BATCH = 10_000
+MAX_SCORE_BATCH = 10_000
+_KINDS: dict[int, str] = {model_pb2.MODEL_KIND_PROPENSITY: "propensity", model_pb2.MODEL_KIND_UPLIFT: "uplift"}
+_KIND_VALUES = {v: k for k, v in _KINDS.items()}
+_STATUS = {"CHALLENGER": model_pb2.MODEL_STATUS_CHALLENGER, "CHAMPION": model_pb2.MODEL_STATUS_CHAMPION,
+           "RETIRED": model_pb2.MODEL_STATUS_RETIRED}
+
+
+def history_from_proto(record: history_pb2.HistoryRecord, index: int) -> tuple[HistoryEntry | None,
+                                                                                list[history_pb2.HistoryRowError]]:
+    """One record, or the problems that keep it out (each with its row number and field)."""
+    row = record.row_number or index + 1
+    problems: list[history_pb2.HistoryRowError] = []
+
+    def bad(field: str, reason: str) -> None:
+        problems.append(history_pb2.HistoryRowError(row_number=row, field=field, reason=reason))
+
+    for field in ("customer_id", "campaign_ref", "offer_id"):
+        value = getattr(record, field)
+        if not value:
+            bad(field, "REQUIRED_FIELD_MISSING")
+        elif not ID_PATTERN.match(value):
+            bad(field, "INVALID_ID")
+    if len(record.arm) > 64:
+        bad("arm", "TOO_LONG")
+    if not record.HasField("contact_time"):
+        bad("contact_time", "REQUIRED_FIELD_MISSING")
+    if record.channel not in {c.number for c in common_pb2.Channel.DESCRIPTOR.values}:
+        bad("channel", "UNKNOWN_ENUM_VALUE")
+    if not math.isfinite(record.revenue) or record.revenue < 0:
+        bad("revenue", "OUT_OF_RANGE")
+    if len(record.context) > 50 or any(len(k) > 64 or len(v) > 200 for k, v in record.context.items()):
+        bad("context", "TOO_LARGE")
+    if problems:
+        return None, problems
+    return HistoryEntry(
+        customer_id=record.customer_id, campaign_ref=record.campaign_ref, offer_id=record.offer_id,
+        arm=record.arm, treated=record.treated, contact_time=_from_ts(record, "contact_time") or utcnow(),
+        channel=record.channel, responded=record.responded, converted=record.converted, revenue=record.revenue,
+        context=dict(record.context),
+    ), []
+
+
+def model_version_to_proto(info: ModelVersionInfo) -> model_pb2.ModelVersion:
+    m = info.metrics
+    return model_pb2.ModelVersion(
+        name=f"models/{info.model_id}/versions/{info.version}", model_id=info.model_id, version=info.version,
+        kind=_KIND_VALUES[info.kind], offer_id=info.offer_id, features=info.features,  # type: ignore[arg-type]
+        window_start=_ts(info.window_start), window_end=_ts(info.window_end),
+        metrics=model_pb2.ModelMetrics(
+            auc=m.auc, auc_std=m.auc_std, folds=m.folds, lift_by_decile=m.lift_by_decile,
+            calibration=[model_pb2.CalibrationBin(mean_predicted=p, observed_rate=o, count=n)
+                         for p, o, n in m.calibration],
+            qini=m.qini, training_rows=m.training_rows, positive_rate=m.positive_rate, validation=m.validation),
+        status=_STATUS[info.status], algorithm=info.algorithm, create_time=_ts(info.create_time),  # type: ignore[arg-type]
+    )
+
+
+def parse_model_name(name: str, field: str = "name") -> tuple[str, int | None]:
+    """'models/{id}/versions/{n}' -> (id, n); 'models/{id}' -> (id, None)."""
+    parts = name.split("/")
+    if len(parts) == 2 and parts[0] == "models" and ID_PATTERN.match(parts[1]):
+        return parts[1], None
+    if len(parts) == 4 and parts[0] == "models" and parts[2] == "versions" and ID_PATTERN.match(parts[1]) \
+            and parts[3].isdigit() and 0 < int(parts[3]) < 2**31:
+        return parts[1], int(parts[3])
+    raise InvalidArgument.field(field, "must be models/{model_id} or models/{model_id}/versions/{version}",
+                                reason="INVALID_NAME")
+
+
 class CampaignHandlers(campaign_service_pb2_grpc.CampaignServiceServicer):
-    def __init__(self, service: CampaignService, lifecycle: CampaignLifecycle) -> None:
+    def __init__(self, service: CampaignService, lifecycle: CampaignLifecycle, learning: LearningService) -> None:
         self.service = service
         self.lifecycle = lifecycle
+        self.learning = learning
 
     async def Decide(self, request: campaign_service_pb2.DecideRequest,
                      context: grpc.aio.ServicerContext) -> campaign_service_pb2.DecideResponse:
@@ -360,3 +439,73 @@ class CampaignHandlers(campaign_service_pb2_grpc.CampaignServiceServicer):
                              context: grpc.aio.ServicerContext) -> campaign_service_pb2.CancelCampaignResponse:
         moved = await self._move(request, CANCELLED, "CancelCampaign")
         return campaign_service_pb2.CancelCampaignResponse(campaign=campaign_to_proto(moved))
+
+    # --- history and models -------------------------------------------------------------------------------
+
+    async def ImportCampaignHistory(self, request_iterator: Any, context: grpc.aio.ServicerContext
+                                    ) -> campaign_service_pb2.ImportCampaignHistoryResponse:
+        imported = duplicates = 0
+        errors: list[history_pb2.HistoryRowError] = []
+        async for batch in request_iterator:
+            if len(batch.records) > MAX_HISTORY_BATCH:
+                raise InvalidArgument.field("records", f"at most {MAX_HISTORY_BATCH} records per message",
+                                            reason="BATCH_TOO_LARGE")
+            entries = []
+            for i, record in enumerate(batch.records):
+                entry, problems = history_from_proto(record, i)
+                errors.extend(problems)
+                if entry is not None:
+                    entries.append(entry)
+            outcome = await self.learning.import_history(entries, key_for("ImportCampaignHistory", batch))
+            imported += outcome.imported
+            duplicates += outcome.duplicates
+        return campaign_service_pb2.ImportCampaignHistoryResponse(
+            imported=imported, duplicates=duplicates, failed=len({e.row_number for e in errors}), errors=errors[:1000])
+
+    async def TrainModel(self, request: campaign_service_pb2.TrainModelRequest,
+                         context: grpc.aio.ServicerContext) -> campaign_service_pb2.TrainModelResponse:
+        kind = check_enum(request.kind, model_pb2.ModelKind, "kind")
+        check_id(request.offer_id, "offer_id")
+        if request.folds and not 2 <= request.folds <= 10:
+            raise InvalidArgument.field("folds", "must be between 2 and 10 (0 means 5)", reason="OUT_OF_RANGE")
+        await self.service.get_offer(request.offer_id)  # NOT_FOUND for an offer the catalog does not have
+        info = await self.learning.train(_KINDS[kind], request.offer_id, request.folds or 5,
+                                         key_for("TrainModel", request))
+        return campaign_service_pb2.TrainModelResponse(model_version=model_version_to_proto(info))
+
+    async def ListModelVersions(self, request: campaign_service_pb2.ListModelVersionsRequest,
+                                context: grpc.aio.ServicerContext) -> campaign_service_pb2.ListModelVersionsResponse:
+        if request.model_id:
+            check_id(request.model_id, "model_id")
+        size = pagination.page_size(request.page_size)
+        fingerprint = pagination.query_fingerprint(model_id=request.model_id)
+        position = pagination.decode_page_token(request.page_token, fingerprint)
+        after = (str(position["m"]), int(position["v"])) if position and "m" in position else None
+        versions, next_after = await self.learning.list_versions(request.model_id or None, after, size)
+        token = (pagination.encode_page_token({"m": next_after[0], "v": next_after[1]}, fingerprint)
+                 if next_after else "")
+        return campaign_service_pb2.ListModelVersionsResponse(
+            model_versions=[model_version_to_proto(v) for v in versions], next_page_token=token)
+
+    async def PromoteModelVersion(self, request: campaign_service_pb2.PromoteModelVersionRequest,
+                                  context: grpc.aio.ServicerContext
+                                  ) -> campaign_service_pb2.PromoteModelVersionResponse:
+        model_id, version = parse_model_name(request.name)
+        if version is None:
+            raise InvalidArgument.field("name", "name the version: models/{model_id}/versions/{version}",
+                                        reason="INVALID_NAME")
+        info = await self.learning.promote(model_id, version, key_for("PromoteModelVersion", request))
+        return campaign_service_pb2.PromoteModelVersionResponse(model_version=model_version_to_proto(info))
+
+    async def ScoreCustomers(self, request: campaign_service_pb2.ScoreCustomersRequest,
+                             context: grpc.aio.ServicerContext) -> campaign_service_pb2.ScoreCustomersResponse:
+        model_id, version = parse_model_name(request.model, field="model")
+        if not 1 <= len(request.customer_ids) <= MAX_SCORE_BATCH:
+            raise InvalidArgument.field("customer_ids", f"give 1 to {MAX_SCORE_BATCH} customer ids",
+                                        reason="OUT_OF_RANGE")
+        for i, customer_id in enumerate(request.customer_ids):
+            check_id(customer_id, f"customer_ids[{i}]")
+        info, scores = await self.learning.score(model_id, version, list(request.customer_ids))
+        return campaign_service_pb2.ScoreCustomersResponse(
+            scores=[model_pb2.CustomerScore(customer_id=c, score=s) for c, s in scores],
+            model_version=f"models/{info.model_id}/versions/{info.version}")

@@ -1,0 +1,171 @@
+"""History import, model training, the registry and scoring, through real campaign and profile servers."""
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+from google.protobuf import timestamp_pb2
+from sqlalchemy import func, select
+
+from lodestar.campaign.v1 import campaign_service_pb2 as pb
+from lodestar.campaign.v1 import campaign_service_pb2_grpc as pbg
+from lodestar.campaign.v1 import history_pb2, model_pb2, offer_pb2
+from lodestar.common.v1 import common_pb2 as c
+from lodestar.profile.v1 import customer_pb2
+from lodestar.profile.v1 import profile_service_pb2 as ppb
+from lodestar.profile.v1 import profile_service_pb2_grpc as ppbg
+from services.campaign import modeling
+from services.campaign.app import DEFINITION as CAMPAIGN
+from services.campaign.db import HistoryRow
+from services.profile.app import DEFINITION as PROFILE
+from tests.helpers import expect_error
+
+N = 300
+START = datetime(2025, 3, 1, 9, tzinfo=UTC)
+
+
+def ts(dt):
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(dt)
+    return out
+
+
+def synthetic_bank(seed=3):
+    """Customers whose conversion depends on income and segment, and whose treated uplift depends on age."""
+    rng = random.Random(seed)
+    customers, records = [], []
+    for i in range(N):
+        income = rng.choice([2000, 6000, 15000, 40000])
+        segment = rng.choice(["mass", "affluent", "young"])
+        age = rng.randint(20, 70)
+        customer = customer_pb2.Customer(customer_id=f"h-{i:04d}", birth_date=f"{2025 - age}-01-15", region="CN-31")
+        customer.attributes["income"].decimal_value = str(income)
+        customer.attributes["segment"].string_value = segment
+        customers.append(customer)
+        treated = rng.random() < 0.7
+        p = 0.05 + (0.35 if income >= 15000 else 0.0) + (0.2 if segment == "affluent" else 0.0)
+        p += 0.15 if treated and age < 40 else 0.0
+        records.append(history_pb2.HistoryRecord(
+            customer_id=customer.customer_id, campaign_ref="spring-2025", offer_id="deposit",
+            arm="a" if treated else "control", treated=treated, contact_time=ts(START + timedelta(days=i % 60)),
+            channel=c.CHANNEL_SMS, converted=rng.random() < p, context={"previous": str(rng.randint(0, 3))},
+            row_number=i + 1))
+    return customers, records
+
+
+@pytest.fixture
+async def env(start, monkeypatch):
+    monkeypatch.setattr(modeling, "ROUNDS", 60)  # small data: fewer rounds keep the test quick
+    profile = await start(PROFILE)
+    campaign = await start(CAMPAIGN, PROFILE_SERVICE_ADDR=profile.address, RISK_SERVICE_ADDR="127.0.0.1:1")
+    pch, cch = grpc.aio.insecure_channel(profile.address), grpc.aio.insecure_channel(campaign.address)
+    stub = pbg.CampaignServiceStub(cch)
+    customers, records = synthetic_bank()
+    pstub = ppbg.ProfileServiceStub(pch)
+    for customer in customers:
+        await pstub.CreateCustomer(ppb.CreateCustomerRequest(customer=customer))
+    await stub.CreateOffer(pb.CreateOfferRequest(offer=offer_pb2.Offer(
+        offer_id="deposit", title="Deposit", product_type=c.PRODUCT_TYPE_DEPOSIT, risk_level=c.PRODUCT_RISK_LEVEL_R1,
+        conversion_value=50)))
+    yield {"campaign": campaign, "stub": stub, "records": records}
+    await pch.close()
+    await cch.close()
+
+
+async def import_history(stub, records, batch=100, prefix="b"):
+    async def batches():
+        for i in range(0, len(records), batch):
+            yield pb.ImportCampaignHistoryRequest(records=records[i:i + batch], request_id=f"{prefix}-{i}")
+
+    return await stub.ImportCampaignHistory(batches())
+
+
+async def history_rows(svc):
+    async with svc.runtime.database.sessionmaker() as session:
+        return await session.scalar(select(func.count()).select_from(HistoryRow))
+
+
+async def test_history_import_reports_bad_rows_and_never_duplicates(env):
+    stub, records = env["stub"], list(env["records"])
+    bad = [history_pb2.HistoryRecord(customer_id="", campaign_ref="x", offer_id="deposit", contact_time=ts(START),
+                                     row_number=9001),
+           history_pb2.HistoryRecord(customer_id="h-1", campaign_ref="x", offer_id="deposit", row_number=9002),
+           history_pb2.HistoryRecord(customer_id="h-1", campaign_ref="x", offer_id="deposit", contact_time=ts(START),
+                                     revenue=-5, channel=99, row_number=9003)]
+    first = await import_history(stub, records + bad)
+    assert (first.imported, first.failed, first.duplicates) == (N, 3, 0)
+    assert [(e.row_number, e.field, e.reason) for e in first.errors] == [
+        (9001, "customer_id", "REQUIRED_FIELD_MISSING"), (9002, "contact_time", "REQUIRED_FIELD_MISSING"),
+        (9003, "channel", "UNKNOWN_ENUM_VALUE"), (9003, "revenue", "OUT_OF_RANGE")]
+    # The same file again under other request ids: nothing new.
+    again = await import_history(stub, records, prefix="again")
+    assert (again.imported, again.duplicates) == (0, N)
+    # A retried batch (same request id) replays its answer.
+    replay = await import_history(stub, records[:100], prefix="b")
+    assert (replay.imported, replay.duplicates) == (100, 0)
+    assert await history_rows(env["campaign"]) == N
+
+
+async def test_train_promote_and_score_a_propensity_model(env):
+    stub = env["stub"]
+    await import_history(stub, env["records"])
+    trained = (await stub.TrainModel(pb.TrainModelRequest(kind=model_pb2.MODEL_KIND_PROPENSITY, offer_id="deposit",
+                                                          folds=3))).model_version
+    assert trained.name == "models/propensity-deposit/versions/1"
+    assert trained.status == model_pb2.MODEL_STATUS_CHALLENGER
+    m = trained.metrics
+    assert m.folds == 3 and m.validation.startswith("3-fold") and 0.65 < m.auc <= 1.0  # income is a strong signal
+    assert m.training_rows == sum(r.treated for r in env["records"])
+    assert len(m.lift_by_decile) == 10 and len(m.calibration) == 10
+    assert sum(m.lift_by_decile[:3]) > 1.5 * sum(m.lift_by_decile[-3:])  # the best-scored convert far more
+    assert {"attr.income", "attr.segment", "age", "contact.month", "context.previous"} <= set(trained.features)
+    await expect_error(stub.ScoreCustomers(pb.ScoreCustomersRequest(model="models/propensity-deposit",
+                                                                    customer_ids=["h-0001"])),
+                       grpc.StatusCode.FAILED_PRECONDITION, "NO_CHAMPION")
+    second = (await stub.TrainModel(pb.TrainModelRequest(kind=model_pb2.MODEL_KIND_PROPENSITY,
+                                                         offer_id="deposit", folds=3))).model_version
+    assert second.version == 2
+    await stub.PromoteModelVersion(pb.PromoteModelVersionRequest(name=trained.name))
+    promoted = (await stub.PromoteModelVersion(pb.PromoteModelVersionRequest(name=second.name))).model_version
+    assert promoted.status == model_pb2.MODEL_STATUS_CHAMPION
+    listed = await stub.ListModelVersions(pb.ListModelVersionsRequest(model_id="propensity-deposit", page_size=1))
+    rest = await stub.ListModelVersions(pb.ListModelVersionsRequest(model_id="propensity-deposit", page_size=1,
+                                                                    page_token=listed.next_page_token))
+    assert [(v.version, v.status) for v in [*listed.model_versions, *rest.model_versions]] == [
+        (1, model_pb2.MODEL_STATUS_RETIRED), (2, model_pb2.MODEL_STATUS_CHAMPION)]
+    rich = [r.customer_id for r in env["records"]][:40]
+    scored = await stub.ScoreCustomers(pb.ScoreCustomersRequest(model="models/propensity-deposit",
+                                                                customer_ids=[*rich, "nobody"]))
+    assert scored.model_version == second.name
+    assert [s.customer_id for s in scored.scores] == rich  # an unknown customer is left out
+    assert all(0 < s.score < 1 for s in scored.scores)
+
+
+async def test_train_an_uplift_model_from_randomised_history(env):
+    stub = env["stub"]
+    await import_history(stub, env["records"])
+    trained = (await stub.TrainModel(pb.TrainModelRequest(kind=model_pb2.MODEL_KIND_UPLIFT, offer_id="deposit",
+                                                          folds=3))).model_version
+    assert trained.model_id == "uplift-deposit" and trained.kind == model_pb2.MODEL_KIND_UPLIFT
+    assert trained.metrics.training_rows == N and trained.metrics.qini != 0.0
+
+
+async def test_training_errors(env):
+    stub = env["stub"]
+    propensity = model_pb2.MODEL_KIND_PROPENSITY
+    await expect_error(stub.TrainModel(pb.TrainModelRequest(kind=propensity, offer_id="deposit")),
+                       grpc.StatusCode.FAILED_PRECONDITION, "NO_HISTORY")
+    await expect_error(stub.TrainModel(pb.TrainModelRequest(kind=model_pb2.MODEL_KIND_PROPENSITY, offer_id="ghost")),
+                       grpc.StatusCode.NOT_FOUND, "OFFER_NOT_FOUND")
+    got = await expect_error(stub.TrainModel(pb.TrainModelRequest(offer_id="deposit")),
+                             grpc.StatusCode.INVALID_ARGUMENT, "REQUIRED_FIELD_MISSING")
+    assert got.field_violations[0][0] == "kind"
+    await expect_error(stub.TrainModel(pb.TrainModelRequest(kind=propensity, offer_id="deposit", folds=11)),
+                       grpc.StatusCode.INVALID_ARGUMENT, "OUT_OF_RANGE")
+    await expect_error(stub.PromoteModelVersion(pb.PromoteModelVersionRequest(name="models/propensity-deposit")),
+                       grpc.StatusCode.INVALID_ARGUMENT, "INVALID_NAME")
+    await expect_error(stub.PromoteModelVersion(pb.PromoteModelVersionRequest(
+        name="models/propensity-deposit/versions/7")), grpc.StatusCode.NOT_FOUND, "MODEL_VERSION_NOT_FOUND")
+    await expect_error(stub.ScoreCustomers(pb.ScoreCustomersRequest(model="models/x")),
+                       grpc.StatusCode.INVALID_ARGUMENT, "OUT_OF_RANGE")
