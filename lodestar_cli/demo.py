@@ -31,6 +31,7 @@ DEMO_CUSTOMER_COUNT = 200
 DEMO_CUSTOMER_ID = "demo-0001"
 DEMO_PARTNER_ID = "demo-shop"
 DEMO_PARTNER_NAME = "Demo Shop"
+DEMO_PARTNER_SCOPES = ("offers:read", "leads:write", "leads:read", "conversions:write")
 CONSENT_SOURCE = "demo"
 CONSENT_ACTOR = "demo-loader"
 # The reference day birth dates are drawn against; fixed so the data does not change from day to day.
@@ -423,6 +424,11 @@ def issue_demo_access(
             if not _already_exists(error):
                 raise
         partner_name = f"partners/{DEMO_PARTNER_ID}"
+        # A new partner may do nothing until granted; both calls replace the whole set, so repeating is safe.
+        admin.SetPartnerScopes(gateway_admin_service_pb2.SetPartnerScopesRequest(
+            partner=partner_name, scopes=list(DEMO_PARTNER_SCOPES)), timeout=timeout, metadata=metadata)
+        admin.SetPartnerOffers(gateway_admin_service_pb2.SetPartnerOffersRequest(
+            partner=partner_name, offer_ids=["*"]), timeout=timeout, metadata=metadata)
         key = admin.CreateApiKey(
             gateway_admin_service_pb2.CreateApiKeyRequest(partner=partner_name),
             timeout=timeout,

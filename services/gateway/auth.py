@@ -25,6 +25,7 @@ import string
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -96,6 +97,13 @@ def key_digest(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class CachedKey:
+    partner_id: str
+    # A rotated key's end of overlap: checked on every use, so a cached key never outlives it.
+    expire_time: datetime | None = None
+
+
 class VerifiedKeyCache:
     """Successful API-key verifications, remembered for `ttl` seconds (see the module docstring)."""
 
@@ -104,26 +112,32 @@ class VerifiedKeyCache:
         self.ttl = ttl
         self.max_entries = max_entries
         self._clock = clock
-        self._entries: dict[tuple[str, str], tuple[str, float]] = {}
+        self._entries: dict[tuple[str, str], tuple[CachedKey, float]] = {}
 
     def get(self, key_id: str, digest: str) -> str | None:
         """The partner id of a key verified less than `ttl` ago, else None."""
+        entry = self.lookup(key_id, digest)
+        return entry.partner_id if entry else None
+
+    def lookup(self, key_id: str, digest: str) -> CachedKey | None:
+        """The partner id and the key's own expiry (a rotated key's end of overlap) of a key verified less than
+        `ttl` ago, else None."""
         entry = self._entries.get((key_id, digest))
         if entry is None:
             return None
-        partner_id, expires = entry
+        cached, expires = entry
         if self._clock() >= expires:
             del self._entries[(key_id, digest)]
             return None
-        return partner_id
+        return cached
 
-    def put(self, key_id: str, digest: str, partner_id: str) -> None:
+    def put(self, key_id: str, digest: str, partner_id: str, key_expire_time: datetime | None = None) -> None:
         if len(self._entries) >= self.max_entries:
             now = self._clock()
             self._entries = {k: v for k, v in self._entries.items() if v[1] > now}
             while len(self._entries) >= self.max_entries:  # still full of live entries: drop the oldest
                 del self._entries[next(iter(self._entries))]
-        self._entries[(key_id, digest)] = (partner_id, self._clock() + self.ttl)
+        self._entries[(key_id, digest)] = (CachedKey(partner_id, key_expire_time), self._clock() + self.ttl)
 
     def evict(self, key_id: str) -> None:
         for entry in [k for k in self._entries if k[0] == key_id]:

@@ -41,6 +41,16 @@ class ApiKeyRecord:
     secret_hash: str
     revoked: bool
     create_time: datetime | None = None
+    # Set by a rotation: the end of the old key's overlap window.
+    expire_time: datetime | None = None
+    revoke_time: datetime | None = None
+
+    def state(self, now: datetime) -> str:
+        if self.revoked:
+            return KEY_REVOKED
+        if self.expire_time is not None:
+            return KEY_EXPIRED if now >= self.expire_time else KEY_EXPIRING
+        return KEY_ACTIVE
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,55 @@ class IssuedApiKey:
 
     key_id: str
     api_key: str
+
+
+KEY_ACTIVE, KEY_EXPIRING, KEY_EXPIRED, KEY_REVOKED = "ACTIVE", "EXPIRING", "EXPIRED", "REVOKED"
+
+# Rotation: how long the old key keeps working (RotateApiKeyRequest.overlap_seconds).
+DEFAULT_OVERLAP_SECONDS = 86_400
+MAX_OVERLAP_SECONDS = 30 * 86_400
+
+# The scope each partner RPC needs. A partner holds a set of them; a new partner holds none.
+SCOPE_OFFERS_READ = "offers:read"
+SCOPE_LEADS_WRITE = "leads:write"
+SCOPE_LEADS_READ = "leads:read"
+SCOPE_CONVERSIONS_WRITE = "conversions:write"
+RPC_SCOPES = {
+    "GetOffers": SCOPE_OFFERS_READ,
+    "SubmitLead": SCOPE_LEADS_WRITE,
+    "ReportConversion": SCOPE_CONVERSIONS_WRITE,
+    "GetLeadStatus": SCOPE_LEADS_READ,
+}
+KNOWN_SCOPES = frozenset(RPC_SCOPES.values())
+# The one allow-list entry that admits every offer.
+ALL_OFFERS = "*"
+
+
+@dataclass(frozen=True)
+class Quota:
+    """Token bucket (rate per second, burst) and calls per UTC day."""
+
+    rate_per_second: float
+    burst: int
+    daily_quota: int
+
+
+# What a partner gets until an admin sets otherwise.
+DEFAULT_QUOTA = Quota(rate_per_second=10.0, burst=20, daily_quota=100_000)
+MAX_RATE_PER_SECOND = 10_000.0
+MAX_BURST = 100_000
+MAX_DAILY_QUOTA = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class PartnerPolicy:
+    partner_id: str
+    scopes: tuple[str, ...]
+    offer_ids: tuple[str, ...]
+    quota: Quota
+
+    def allows_offer(self, offer_id: str) -> bool:
+        return ALL_OFFERS in self.offer_ids or offer_id in self.offer_ids
 
 
 @dataclass(frozen=True)
@@ -107,4 +166,86 @@ def partner_from_json(raw: bytes) -> Partner:
     return Partner(
         partner_id=data["partner_id"], display_name=data["display_name"],
         create_time=datetime.fromisoformat(data["create_time"]) if data["create_time"] else None,
+    )
+
+
+LEAD_RECEIVED, LEAD_CONVERTED = "RECEIVED", "CONVERTED"
+CURRENCY_PATTERN = re.compile(r"^[A-Z]{3}$")
+MAX_NANOS = 999_999_999
+
+
+@dataclass(frozen=True)
+class Money:
+    currency_code: str
+    units: int
+    nanos: int
+
+
+@dataclass(frozen=True)
+class LeadInput:
+    """A validated SubmitLead request."""
+
+    customer_ref: str
+    offer_id: str
+    decision_ref: str
+
+
+@dataclass(frozen=True)
+class ConversionInput:
+    """A validated ReportConversion request."""
+
+    lead_id: str
+    revenue: Money
+    conversion_time: datetime | None
+
+
+@dataclass(frozen=True)
+class Lead:
+    """A lead as its partner sees it (no bank customer id, no forwarding state)."""
+
+    lead_id: str
+    customer_ref: str
+    offer_id: str
+    decision_ref: str
+    status: str
+    create_time: datetime
+    update_time: datetime
+    revenue: Money | None = None
+    conversion_time: datetime | None = None
+
+    @property
+    def name(self) -> str:
+        return f"leads/{self.lead_id}"
+
+
+def _dt(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _parse_dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def lead_to_json(lead: Lead) -> bytes:
+    """Exact serialisation, used to replay the response of an idempotent SubmitLead or ReportConversion."""
+    data = {
+        "lead_id": lead.lead_id, "customer_ref": lead.customer_ref, "offer_id": lead.offer_id,
+        "decision_ref": lead.decision_ref, "status": lead.status, "create_time": _dt(lead.create_time),
+        "update_time": _dt(lead.update_time), "conversion_time": _dt(lead.conversion_time),
+        "revenue": None if lead.revenue is None else [lead.revenue.currency_code, lead.revenue.units,
+                                                      lead.revenue.nanos],
+    }
+    return json.dumps(data, sort_keys=True).encode()
+
+
+def lead_from_json(raw: bytes) -> Lead:
+    data = json.loads(raw)
+    revenue = data["revenue"]
+    create_time, update_time = _parse_dt(data["create_time"]), _parse_dt(data["update_time"])
+    assert create_time is not None and update_time is not None
+    return Lead(
+        lead_id=data["lead_id"], customer_ref=data["customer_ref"], offer_id=data["offer_id"],
+        decision_ref=data["decision_ref"], status=data["status"], create_time=create_time, update_time=update_time,
+        revenue=Money(revenue[0], int(revenue[1]), int(revenue[2])) if revenue else None,
+        conversion_time=_parse_dt(data["conversion_time"]),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import types
-from datetime import UTC
+from datetime import UTC, datetime
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -19,21 +19,36 @@ from lodestar.gateway.v1 import (
 )
 from services.gateway.auth import ADMIN_TOKEN_HEADER, API_KEY_HEADER
 from services.gateway.domain import (
+    CURRENCY_PATTERN,
     CUSTOMER_REF_PATTERN,
     DEFAULT_MAX_OFFERS,
+    KEY_ACTIVE,
+    KEY_EXPIRED,
+    KEY_EXPIRING,
+    KEY_REVOKED,
+    LEAD_CONVERTED,
+    LEAD_RECEIVED,
     MAX_DISPLAY_NAME,
+    MAX_NANOS,
     MAX_OFFERS,
     MAX_PLACEMENT,
     PLACEMENT_PATTERN,
+    ApiKeyRecord,
+    ConversionInput,
     Decision,
+    Lead,
+    LeadInput,
+    Money,
     OfferQuery,
     Partner,
+    PartnerPolicy,
+    Quota,
 )
 from services.gateway.service import GatewayService
 from services.platform.context import current_request
 from services.platform.errors import FieldViolation, InvalidArgument, from_infrastructure
 from services.platform.idempotency import key_for
-from services.platform.validation import check_id, parse_name
+from services.platform.validation import Violations, check_id, parse_name
 
 audit_log = logging.getLogger("lodestar.gateway.audit")
 
@@ -58,6 +73,8 @@ class Audit:
         self.caller = caller
         self.partner_id = ""
         self.key_id = ""
+        # A resource name the call acted on (partners/..., leads/...): never a customer id or ref.
+        self.resource = ""
 
     def __enter__(self) -> Audit:
         return self
@@ -71,7 +88,7 @@ class Audit:
         audit_log.info(
             "%s %s %s", self.caller, self.rpc, code,
             extra={"caller": self.caller, "rpc": self.rpc, "partner_id": self.partner_id, "key_id": self.key_id,
-                   "result": code, "error_reason": reason},
+                   "resource": self.resource, "result": code, "error_reason": reason},
         )
 
 
@@ -114,11 +131,106 @@ def offer_query_from_proto(request: partner_service_pb2.GetOffersRequest) -> Off
 
 
 def _timestamp(partner: Partner) -> timestamp_pb2.Timestamp | None:
-    if partner.create_time is None:
+    return _ts(partner.create_time)
+
+
+def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
         return None
     ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(partner.create_time)
+    ts.FromDatetime(value)
     return ts
+
+
+_KEY_STATES = {
+    KEY_ACTIVE: gateway_admin_service_pb2.API_KEY_STATE_ACTIVE,
+    KEY_EXPIRING: gateway_admin_service_pb2.API_KEY_STATE_EXPIRING,
+    KEY_EXPIRED: gateway_admin_service_pb2.API_KEY_STATE_EXPIRED,
+    KEY_REVOKED: gateway_admin_service_pb2.API_KEY_STATE_REVOKED,
+}
+_LEAD_STATUSES = {
+    LEAD_RECEIVED: partner_service_pb2.LEAD_STATUS_RECEIVED,
+    LEAD_CONVERTED: partner_service_pb2.LEAD_STATUS_CONVERTED,
+}
+
+
+def api_key_to_proto(record: ApiKeyRecord, now: datetime) -> gateway_admin_service_pb2.ApiKey:
+    """Public id, state and times: never the secret or its hash."""
+    return gateway_admin_service_pb2.ApiKey(
+        key_id=record.key_id, partner=f"partners/{record.partner_id}", state=_KEY_STATES[record.state(now)],
+        create_time=_ts(record.create_time), expire_time=_ts(record.expire_time),
+        revoke_time=_ts(record.revoke_time),
+    )
+
+
+def policy_to_proto(policy: PartnerPolicy) -> gateway_admin_service_pb2.PartnerPolicy:
+    return gateway_admin_service_pb2.PartnerPolicy(
+        partner=f"partners/{policy.partner_id}", scopes=list(policy.scopes), offer_ids=list(policy.offer_ids),
+        quota=gateway_admin_service_pb2.Quota(rate_per_second=policy.quota.rate_per_second,
+                                              burst=policy.quota.burst, daily_quota=policy.quota.daily_quota),
+    )
+
+
+def lead_to_proto(lead: Lead) -> partner_service_pb2.Lead:
+    message = partner_service_pb2.Lead(
+        name=lead.name, customer_ref=lead.customer_ref, offer_id=lead.offer_id, decision_ref=lead.decision_ref,
+        status=_LEAD_STATUSES[lead.status], create_time=_ts(lead.create_time), update_time=_ts(lead.update_time),
+        conversion_time=_ts(lead.conversion_time),
+    )
+    if lead.revenue is not None:
+        message.revenue.CopyFrom(partner_service_pb2.Money(
+            currency_code=lead.revenue.currency_code, units=lead.revenue.units, nanos=lead.revenue.nanos))
+    return message
+
+
+def _check_ref(ref: str, violations: Violations) -> None:
+    if not ref:
+        violations.add("customer_ref", "is required")
+    elif not CUSTOMER_REF_PATTERN.match(ref):
+        violations.add("customer_ref", "must be a customer ref issued to this partner (p_...)")
+
+
+def _require_request_id(request_id: str) -> None:
+    if not request_id:
+        raise InvalidArgument.field("request_id", "is required: a unique id per lead or conversion, reused on "
+                                                  "retries", reason="REQUIRED_FIELD_MISSING")
+
+
+def lead_from_proto(request: partner_service_pb2.SubmitLeadRequest) -> LeadInput:
+    _require_request_id(request.request_id)
+    violations = Violations()
+    _check_ref(request.customer_ref, violations)
+    if not request.offer_id:
+        violations.add("offer_id", "is required")
+    elif len(request.offer_id) > 128:
+        violations.add("offer_id", "must be at most 128 characters")
+    if not request.decision_ref:
+        violations.add("decision_ref", "is required: the decision_ref of the GetOffers answer")
+    elif len(request.decision_ref) > 200:
+        violations.add("decision_ref", "must be at most 200 characters")
+    violations.raise_if_any()
+    return LeadInput(customer_ref=request.customer_ref, offer_id=request.offer_id,
+                     decision_ref=request.decision_ref)
+
+
+def conversion_from_proto(request: partner_service_pb2.ReportConversionRequest) -> ConversionInput:
+    _require_request_id(request.request_id)
+    lead_id = parse_name(request.lead, "leads", field="lead")
+    violations = Violations()
+    revenue = request.revenue
+    if not request.HasField("revenue"):
+        violations.add("revenue", "is required (0 when the conversion brought none)")
+    else:
+        if not CURRENCY_PATTERN.match(revenue.currency_code):
+            violations.add("revenue.currency_code", "must be an ISO 4217 code such as CNY")
+        if revenue.units < 0 or revenue.nanos < 0:
+            violations.add("revenue", "must not be negative")
+        if abs(revenue.nanos) > MAX_NANOS:
+            violations.add("revenue.nanos", f"must be between 0 and {MAX_NANOS}")
+    violations.raise_if_any(reason="INVALID_REVENUE" if request.HasField("revenue") else "INVALID_ARGUMENT")
+    when = request.conversion_time.ToDatetime(tzinfo=UTC) if request.HasField("conversion_time") else None
+    return ConversionInput(lead_id=lead_id, revenue=Money(revenue.currency_code, revenue.units, revenue.nanos),
+                           conversion_time=when)
 
 
 def partner_to_proto(partner: Partner) -> gateway_admin_service_pb2.Partner:
@@ -145,11 +257,44 @@ class PartnerHandlers(partner_service_pb2_grpc.PartnerServiceServicer):
     async def GetOffers(self, request: partner_service_pb2.GetOffersRequest,
                         context: grpc.aio.ServicerContext) -> partner_service_pb2.GetOffersResponse:
         with Audit("GetOffers", "partner") as audit:
-            principal = await self.service.authenticate(metadata_value(context, API_KEY_HEADER))
+            principal = await self.service.admit(metadata_value(context, API_KEY_HEADER), "GetOffers")
             audit.partner_id, audit.key_id = principal.partner_id, principal.key_id
             query = offer_query_from_proto(request)
             decision = await self.service.get_offers(principal, query)
             return decision_to_proto(decision)
+
+    async def SubmitLead(self, request: partner_service_pb2.SubmitLeadRequest,
+                         context: grpc.aio.ServicerContext) -> partner_service_pb2.SubmitLeadResponse:
+        with Audit("SubmitLead", "partner") as audit:
+            principal = await self.service.admit(metadata_value(context, API_KEY_HEADER), "SubmitLead")
+            audit.partner_id, audit.key_id = principal.partner_id, principal.key_id
+            lead = lead_from_proto(request)
+            # Request ids are per partner: another partner's id never collides, never replays.
+            key = key_for(f"{principal.partner_id}/SubmitLead", request)
+            created = await self.service.submit_lead(principal, lead, key)
+            audit.resource = created.name
+            return partner_service_pb2.SubmitLeadResponse(lead=lead_to_proto(created))
+
+    async def ReportConversion(self, request: partner_service_pb2.ReportConversionRequest,
+                               context: grpc.aio.ServicerContext) -> partner_service_pb2.ReportConversionResponse:
+        with Audit("ReportConversion", "partner") as audit:
+            principal = await self.service.admit(metadata_value(context, API_KEY_HEADER), "ReportConversion")
+            audit.partner_id, audit.key_id = principal.partner_id, principal.key_id
+            conversion = conversion_from_proto(request)
+            audit.resource = f"leads/{conversion.lead_id}"
+            key = key_for(f"{principal.partner_id}/ReportConversion", request)
+            converted = await self.service.report_conversion(principal, conversion, key)
+            return partner_service_pb2.ReportConversionResponse(lead=lead_to_proto(converted))
+
+    async def GetLeadStatus(self, request: partner_service_pb2.GetLeadStatusRequest,
+                            context: grpc.aio.ServicerContext) -> partner_service_pb2.GetLeadStatusResponse:
+        with Audit("GetLeadStatus", "partner") as audit:
+            principal = await self.service.admit(metadata_value(context, API_KEY_HEADER), "GetLeadStatus")
+            audit.partner_id, audit.key_id = principal.partner_id, principal.key_id
+            lead_id = parse_name(request.lead, "leads", field="lead")
+            audit.resource = f"leads/{lead_id}"
+            lead = await self.service.get_lead(principal, lead_id)
+            return partner_service_pb2.GetLeadStatusResponse(lead=lead_to_proto(lead))
 
 
 class AdminHandlers(gateway_admin_service_pb2_grpc.GatewayAdminServiceServicer):
@@ -185,3 +330,77 @@ class AdminHandlers(gateway_admin_service_pb2_grpc.GatewayAdminServiceServicer):
             check_id(request.customer_id, "customer_id")
             ref = await self.service.issue_pseudonym(partner_id, request.customer_id)
             return gateway_admin_service_pb2.IssuePseudonymResponse(customer_ref=ref)
+
+    async def ListPartners(self, request: gateway_admin_service_pb2.ListPartnersRequest,
+                           context: grpc.aio.ServicerContext) -> gateway_admin_service_pb2.ListPartnersResponse:
+        with Audit("ListPartners", "admin"):
+            self.service.authorize_admin(metadata_value(context, ADMIN_TOKEN_HEADER))
+            partners, token = await self.service.list_partners(request.page_size, request.page_token)
+            return gateway_admin_service_pb2.ListPartnersResponse(
+                partners=[partner_to_proto(p) for p in partners], next_page_token=token)
+
+    def _partner(self, audit: Audit, partner: str) -> str:
+        partner_id = parse_name(partner, "partners", field="partner")
+        audit.partner_id = partner_id
+        return partner_id
+
+    async def GetPartnerPolicy(self, request: gateway_admin_service_pb2.GetPartnerPolicyRequest,
+                               context: grpc.aio.ServicerContext) -> gateway_admin_service_pb2.GetPartnerPolicyResponse:
+        with Audit("GetPartnerPolicy", "admin") as audit:
+            self.service.authorize_admin(metadata_value(context, ADMIN_TOKEN_HEADER))
+            policy = await self.service.get_policy(self._partner(audit, request.partner))
+            return gateway_admin_service_pb2.GetPartnerPolicyResponse(policy=policy_to_proto(policy))
+
+    async def SetPartnerScopes(self, request: gateway_admin_service_pb2.SetPartnerScopesRequest,
+                               context: grpc.aio.ServicerContext) -> gateway_admin_service_pb2.SetPartnerScopesResponse:
+        with Audit("SetPartnerScopes", "admin") as audit:
+            self.service.authorize_admin(metadata_value(context, ADMIN_TOKEN_HEADER))
+            policy = await self.service.set_scopes(self._partner(audit, request.partner), list(request.scopes))
+            return gateway_admin_service_pb2.SetPartnerScopesResponse(policy=policy_to_proto(policy))
+
+    async def SetPartnerOffers(self, request: gateway_admin_service_pb2.SetPartnerOffersRequest,
+                               context: grpc.aio.ServicerContext) -> gateway_admin_service_pb2.SetPartnerOffersResponse:
+        with Audit("SetPartnerOffers", "admin") as audit:
+            self.service.authorize_admin(metadata_value(context, ADMIN_TOKEN_HEADER))
+            policy = await self.service.set_offers(self._partner(audit, request.partner), list(request.offer_ids))
+            return gateway_admin_service_pb2.SetPartnerOffersResponse(policy=policy_to_proto(policy))
+
+    async def SetPartnerQuota(self, request: gateway_admin_service_pb2.SetPartnerQuotaRequest,
+                              context: grpc.aio.ServicerContext) -> gateway_admin_service_pb2.SetPartnerQuotaResponse:
+        with Audit("SetPartnerQuota", "admin") as audit:
+            self.service.authorize_admin(metadata_value(context, ADMIN_TOKEN_HEADER))
+            partner_id = self._partner(audit, request.partner)
+            q = request.quota
+            policy = await self.service.set_quota(partner_id, Quota(q.rate_per_second, q.burst, q.daily_quota))
+            return gateway_admin_service_pb2.SetPartnerQuotaResponse(policy=policy_to_proto(policy))
+
+    async def ListApiKeys(self, request: gateway_admin_service_pb2.ListApiKeysRequest,
+                          context: grpc.aio.ServicerContext) -> gateway_admin_service_pb2.ListApiKeysResponse:
+        with Audit("ListApiKeys", "admin") as audit:
+            self.service.authorize_admin(metadata_value(context, ADMIN_TOKEN_HEADER))
+            keys, token = await self.service.list_api_keys(self._partner(audit, request.partner), request.page_size,
+                                                           request.page_token)
+            now = self.service.clock()
+            return gateway_admin_service_pb2.ListApiKeysResponse(api_keys=[api_key_to_proto(k, now) for k in keys],
+                                                                 next_page_token=token)
+
+    async def RotateApiKey(self, request: gateway_admin_service_pb2.RotateApiKeyRequest,
+                           context: grpc.aio.ServicerContext) -> gateway_admin_service_pb2.RotateApiKeyResponse:
+        with Audit("RotateApiKey", "admin") as audit:
+            self.service.authorize_admin(metadata_value(context, ADMIN_TOKEN_HEADER))
+            partner_id = self._partner(audit, request.partner)
+            audit.key_id = check_id(request.key_id, "key_id")
+            issued, previous = await self.service.rotate_api_key(partner_id, request.key_id, request.overlap_seconds)
+            return gateway_admin_service_pb2.RotateApiKeyResponse(
+                api_key=issued.api_key, key_id=issued.key_id,
+                previous_key=api_key_to_proto(previous, self.service.clock()))
+
+    async def RevokeApiKey(self, request: gateway_admin_service_pb2.RevokeApiKeyRequest,
+                           context: grpc.aio.ServicerContext) -> gateway_admin_service_pb2.RevokeApiKeyResponse:
+        with Audit("RevokeApiKey", "admin") as audit:
+            self.service.authorize_admin(metadata_value(context, ADMIN_TOKEN_HEADER))
+            partner_id = self._partner(audit, request.partner)
+            audit.key_id = check_id(request.key_id, "key_id")
+            record = await self.service.revoke_partner_key(partner_id, request.key_id)
+            return gateway_admin_service_pb2.RevokeApiKeyResponse(
+                api_key=api_key_to_proto(record, self.service.clock()))

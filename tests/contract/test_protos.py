@@ -18,6 +18,13 @@ NO_REQUEST_ID = {
     "lodestar.gateway.v1.GatewayAdminService.CreateApiKey",
     # Naturally idempotent: the same partner and customer always get the same pseudonym.
     "lodestar.gateway.v1.GatewayAdminService.IssuePseudonym",
+    # Like CreateApiKey: a replay would have to show the stored secret again.
+    "lodestar.gateway.v1.GatewayAdminService.RotateApiKey",
+    # Naturally idempotent: revoking twice leaves the same state and keeps the first revocation time.
+    "lodestar.gateway.v1.GatewayAdminService.RevokeApiKey",
+    # A stream keyed by (import_id, batch_number): import_id is the stream's idempotency key, committed batches
+    # are skipped and their outcome replayed on a resumed import.
+    "lodestar.profile.v1.ProfileService.ImportCustomers",
 }
 MUTATING_PREFIXES = ("Create", "Update", "Delete", "Record", "Upsert", "Submit", "Report", "Add", "Remove",
                      "Import", "Ingest", "Rotate", "Revoke", "Reserve", "Confirm", "Release", "Approve",

@@ -65,6 +65,10 @@ def seed(stack: Stack) -> tuple[str, str]:
         stub = apbg.GatewayAdminServiceStub(ch)
         stub.CreatePartner(apb.CreatePartnerRequest(partner=apb.Partner(partner_id="e2e-shop", display_name="Shop")),
                            metadata=admin, timeout=10)
+        stub.SetPartnerScopes(apb.SetPartnerScopesRequest(partner="partners/e2e-shop", scopes=["offers:read"]),
+                              metadata=admin, timeout=10)
+        stub.SetPartnerOffers(apb.SetPartnerOffersRequest(partner="partners/e2e-shop", offer_ids=["*"]),
+                              metadata=admin, timeout=10)
         key = stub.CreateApiKey(apb.CreateApiKeyRequest(partner="partners/e2e-shop"), metadata=admin,
                                 timeout=10).api_key
         ref = stub.IssuePseudonym(apb.IssuePseudonymRequest(partner="partners/e2e-shop", customer_id=CUSTOMER_ID),

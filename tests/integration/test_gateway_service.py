@@ -132,9 +132,18 @@ class Gateway:
         )
         return str(response.customer_ref)
 
+    async def grant_all(self, partner_id: str) -> None:
+        """Every partner scope and every offer (a new partner has none)."""
+        name = f"partners/{partner_id}"
+        await self.admin.SetPartnerScopes(gateway_admin_service_pb2.SetPartnerScopesRequest(
+            partner=name, scopes=["offers:read", "leads:write", "leads:read", "conversions:write"]), metadata=ADMIN)
+        await self.admin.SetPartnerOffers(gateway_admin_service_pb2.SetPartnerOffersRequest(
+            partner=name, offer_ids=["*"]), metadata=ADMIN)
+
     async def onboard(self, partner_id: str, customer_id: str = CUSTOMER) -> tuple[str, str]:
-        """A partner with a key and a ref for `customer_id`: (api_key, customer_ref)."""
+        """A partner with every scope and offer, a key and a ref for `customer_id`: (api_key, customer_ref)."""
         await self.create_partner(partner_id)
+        await self.grant_all(partner_id)
         key = await self.create_key(partner_id)
         return key.api_key, await self.pseudonym(partner_id, customer_id)
 
@@ -186,6 +195,7 @@ async def test_admin_flow_then_offers_without_internal_fields(
     assert created.partner.name == "partners/acme"
     assert created.partner.display_name == "Acme Shop"
     assert created.partner.create_time.seconds > 0
+    await gateway.grant_all("acme")
     key = await gateway.create_key("acme")
     assert key.api_key.startswith(f"lsk_{key.key_id}_")
     ref = await gateway.pseudonym("acme")
