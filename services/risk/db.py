@@ -7,20 +7,42 @@ written in the call's transaction.
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Index, Integer, String, and_, or_, select
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Index,
+    Integer,
+    String,
+    Text,
+    and_,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.platform.db import IdempotencyKeyMixin, UnitOfWork, UtcDateTime, new_metadata, utcnow
+from services.risk.audit import GENESIS, AuditEntry, chain
 from services.risk.domain import (
     Channel,
     ConsentAction,
     ConsentPurpose,
     ConsentRecord,
+    ContactState,
+    CountedContact,
+    DoNotContactAction,
+    DoNotContactEntry,
     HistoryPosition,
+    Reservation,
+    ReservationState,
     ScreeningRequest,
     ScreeningResult,
 )
@@ -66,6 +88,99 @@ class ScreeningDecisionRow(Base):
 
 class IdempotencyKey(IdempotencyKeyMixin, Base):
     pass
+
+
+class DoNotContactRow(Base):
+    """Append-only: the latest entry of a customer (ADD or REMOVE) is in force."""
+
+    __tablename__ = "do_not_contact_entries"
+    __table_args__ = (Index("ix_do_not_contact_entries_latest", "customer_id", "record_time"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(256))
+    record_time: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class ComplaintRow(Base):
+    __tablename__ = "complaints"
+    __table_args__ = (Index("ix_complaints_customer", "customer_id", "record_time"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str] = mapped_column(String(128))
+    channel: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    source: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(64))
+    category: Mapped[str] = mapped_column(String(64))
+    record_time: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class ContactLockRow(Base):
+    """One row per customer, locked (UPDATE) by ReserveContact so that reservations of a customer serialise."""
+
+    __tablename__ = "contact_locks"
+
+    customer_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+
+
+class ReservationRow(Base):
+    __tablename__ = "contact_reservations"
+    __table_args__ = (Index("ix_contact_reservations_customer", "customer_id", "contact_time"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_key: Mapped[str] = mapped_column(String(128), unique=True)
+    customer_id: Mapped[str] = mapped_column(String(128))
+    channel: Mapped[str] = mapped_column(String(16))
+    contact_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    state: Mapped[str] = mapped_column(String(16))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    expire_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    update_time: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class AuditEntryRow(Base):
+    """The hash-chained audit log (see audit.py). Append-only: nothing updates or deletes it."""
+
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    entry_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    kind: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(128))
+    summary: Mapped[str] = mapped_column(Text)
+    payload_hash: Mapped[str] = mapped_column(String(64))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHeadRow(Base):
+    """The single row (id 1) holding the last seq and hash: the append lock, and an anchor for verification."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+IN_CHUNK = 2000
+
+
+def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
+    for i in range(0, len(values), IN_CHUNK):
+        yield values[i:i + IN_CHUNK]
+
+
+async def _insert_ignore(session: AsyncSession, model: type[Base], values: Mapping[str, Any]) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING on SQLite and PostgreSQL."""
+    dialect = session.bind.dialect.name
+    stmt = (postgresql.insert(model) if dialect == "postgresql" else sqlite.insert(model)).values(**values)
+    await session.execute(stmt.on_conflict_do_nothing())
 
 
 def _to_domain(row: ConsentRecordRow) -> ConsentRecord:
@@ -133,6 +248,11 @@ class ScreeningDecisionRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
+    async def add_many(self, rows: list[dict[str, Any]]) -> None:
+        """One executemany insert of many decision rows (dicts of ScreeningDecisionRow's columns)."""
+        if rows:
+            await self.session.execute(insert(ScreeningDecisionRow), rows)
+
     def add(self, request: ScreeningRequest, result: ScreeningResult) -> None:
         self.session.add(
             ScreeningDecisionRow(
@@ -148,10 +268,191 @@ class ScreeningDecisionRepository:
         )
 
 
+class ContactStateRepository:
+    """Loads what the contact-policy rules need for many customers in a few set-based queries."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def load(self, customer_ids: Sequence[str], *, now: datetime, earliest: datetime, latest: datetime,
+                   with_contacts: bool = True) -> dict[str, ContactState]:
+        """State per customer: latest consent per (channel, purpose), do-not-contact, last complaint, and the
+        confirmed or active (unexpired) reservations with contact_time in [earliest, latest]."""
+        states = {customer_id: ContactState() for customer_id in customer_ids}
+        ids = list(states)
+        for chunk in _chunks(ids):
+            ranked = select(
+                ConsentRecordRow,
+                func.row_number().over(
+                    partition_by=(ConsentRecordRow.customer_id, ConsentRecordRow.channel, ConsentRecordRow.purpose),
+                    order_by=(ConsentRecordRow.record_time.desc(), ConsentRecordRow.id.desc()),
+                ).label("rank"),
+            ).where(ConsentRecordRow.customer_id.in_(chunk)).subquery()
+            latest_consents = select(ranked).where(ranked.c.rank == 1)
+            for row in (await self.session.execute(latest_consents)).mappings():
+                record = ConsentRecord(
+                    customer_id=row["customer_id"], channel=Channel(row["channel"]),
+                    purpose=ConsentPurpose(row["purpose"]), action=ConsentAction(row["action"]),
+                    source=row["source"], actor=row["actor"], record_time=row["record_time"],
+                    expire_time=row["expire_time"], record_id=row["id"],
+                )
+                states[record.customer_id].consents[(record.channel, record.purpose)] = record
+            dnc_ranked = select(
+                DoNotContactRow.customer_id, DoNotContactRow.action,
+                func.row_number().over(
+                    partition_by=DoNotContactRow.customer_id,
+                    order_by=(DoNotContactRow.record_time.desc(), DoNotContactRow.id.desc()),
+                ).label("rank"),
+            ).where(DoNotContactRow.customer_id.in_(chunk)).subquery()
+            for customer_id, action in await self.session.execute(
+                select(dnc_ranked.c.customer_id, dnc_ranked.c.action).where(dnc_ranked.c.rank == 1)
+            ):
+                states[customer_id].do_not_contact = action == DoNotContactAction.ADD.value
+            complaints = await self.session.execute(
+                select(ComplaintRow.customer_id, func.max(ComplaintRow.record_time))
+                .where(ComplaintRow.customer_id.in_(chunk)).group_by(ComplaintRow.customer_id)
+            )
+            for customer_id, last in complaints:
+                states[customer_id].last_complaint = last
+            if with_contacts:
+                for customer_id, channel, contact_time in await self.session.execute(
+                    _counted(now).where(
+                        ReservationRow.customer_id.in_(chunk),
+                        ReservationRow.contact_time >= earliest, ReservationRow.contact_time <= latest,
+                    )
+                ):
+                    states[customer_id].contacts.append(CountedContact(Channel(channel), contact_time))
+        return states
+
+
+def _counted(now: datetime) -> Any:
+    """Reservations that count towards the caps: confirmed, or reserved and not yet expired."""
+    return select(ReservationRow.customer_id, ReservationRow.channel, ReservationRow.contact_time).where(
+        or_(
+            ReservationRow.state == ReservationState.CONFIRMED.value,
+            and_(ReservationRow.state == ReservationState.RESERVED.value, ReservationRow.expire_time > now),
+        )
+    )
+
+
+def reservation_to_domain(row: ReservationRow, now: datetime) -> Reservation:
+    state = ReservationState(row.state)
+    if state == ReservationState.RESERVED and row.expire_time <= now:
+        state = ReservationState.EXPIRED
+    return Reservation(row.delivery_key, row.customer_id, Channel(row.channel), row.contact_time, state,
+                       row.create_time, row.expire_time)
+
+
+class ReservationRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def lock_customer(self, customer_id: str) -> None:
+        """Serialises every reservation of this customer until the transaction ends: a row lock on PostgreSQL
+        (UPDATE), the database write lock on SQLite (the first write of the transaction)."""
+        await _insert_ignore(self.session, ContactLockRow, {"customer_id": customer_id, "version": 0})
+        await self.session.execute(
+            update(ContactLockRow).where(ContactLockRow.customer_id == customer_id)
+            .values(version=ContactLockRow.version + 1)
+        )
+
+    async def by_key(self, delivery_key: str, *, for_update: bool = False) -> ReservationRow | None:
+        query = select(ReservationRow).where(ReservationRow.delivery_key == delivery_key)
+        if for_update:
+            query = query.with_for_update()
+        return await self.session.scalar(query)
+
+    async def counted(self, customer_id: str, now: datetime, earliest: datetime,
+                      latest: datetime) -> list[CountedContact]:
+        rows = await self.session.execute(
+            _counted(now).where(
+                ReservationRow.customer_id == customer_id,
+                ReservationRow.contact_time >= earliest, ReservationRow.contact_time <= latest,
+            )
+        )
+        return [CountedContact(Channel(channel), contact_time) for _, channel, contact_time in rows]
+
+    async def add(self, delivery_key: str, customer_id: str, channel: Channel, contact_time: datetime,
+                  now: datetime, ttl: timedelta) -> ReservationRow:
+        row = ReservationRow(
+            delivery_key=delivery_key, customer_id=customer_id, channel=channel.value, contact_time=contact_time,
+            state=ReservationState.RESERVED.value, create_time=now, expire_time=now + ttl, update_time=now,
+        )
+        self.session.add(row)
+        await self.session.flush()
+        return row
+
+
+class PolicyRepository:
+    """Do-not-contact entries and complaints."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add_do_not_contact(self, entry: DoNotContactEntry) -> None:
+        self.session.add(DoNotContactRow(
+            customer_id=entry.customer_id, action=entry.action.value, source=entry.source, actor=entry.actor,
+            reason=entry.reason, record_time=entry.record_time,
+        ))
+        await self.session.flush()
+
+    async def add_complaint(self, customer_id: str, channel: Channel | None, source: str, actor: str,
+                            category: str, record_time: datetime) -> None:
+        self.session.add(ComplaintRow(
+            customer_id=customer_id, channel=channel.value if channel else None, source=source, actor=actor,
+            category=category, record_time=record_time,
+        ))
+        await self.session.flush()
+
+
+class AuditRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def append(self, entry_time: datetime,
+                     items: Sequence[tuple[str, str, str, Mapping[str, Any], str]]) -> list[AuditEntry]:
+        """Appends entries (kind, actor, subject, summary, payload_hash) after the head, holding the head row
+        locked until the transaction ends, so that concurrent appends form one chain."""
+        await _insert_ignore(self.session, AuditHeadRow, {"id": 1, "seq": 0, "hash": GENESIS})
+        head = await self.session.scalar(select(AuditHeadRow).where(AuditHeadRow.id == 1).with_for_update())
+        assert head is not None
+        entries = chain(head.seq, head.hash, entry_time, items)
+        if entries:
+            await self.session.execute(insert(AuditEntryRow), [
+                {"seq": e.seq, "entry_time": e.entry_time, "kind": e.kind, "actor": e.actor, "subject": e.subject,
+                 "summary": e.summary, "payload_hash": e.payload_hash, "prev_hash": e.prev_hash, "hash": e.hash}
+                for e in entries
+            ])
+            await self.session.execute(
+                update(AuditHeadRow).where(AuditHeadRow.id == 1).values(seq=entries[-1].seq, hash=entries[-1].hash)
+            )
+        return entries
+
+    async def head(self) -> tuple[int, str] | None:
+        row = (await self.session.execute(select(AuditHeadRow.seq, AuditHeadRow.hash)
+                                          .where(AuditHeadRow.id == 1))).first()
+        return (int(row[0]), str(row[1])) if row else None
+
+    async def entries(self, after_seq: int, limit: int) -> list[AuditEntry]:
+        rows = await self.session.scalars(
+            select(AuditEntryRow).where(AuditEntryRow.seq > after_seq).order_by(AuditEntryRow.seq).limit(limit)
+        )
+        return [AuditEntry(r.seq, r.entry_time, r.kind, r.actor, r.subject, r.summary, r.payload_hash,
+                           r.prev_hash, r.hash) for r in rows]
+
+
 class RiskUnitOfWork(UnitOfWork):
     consents: ConsentRepository
     decisions: ScreeningDecisionRepository
+    states: ContactStateRepository
+    reservations: ReservationRepository
+    policy: PolicyRepository
+    audit: AuditRepository
 
     def _enter_repositories(self) -> None:
         self.consents = ConsentRepository(self.session)
         self.decisions = ScreeningDecisionRepository(self.session)
+        self.states = ContactStateRepository(self.session)
+        self.reservations = ReservationRepository(self.session)
+        self.policy = PolicyRepository(self.session)
+        self.audit = AuditRepository(self.session)

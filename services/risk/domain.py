@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 
 
@@ -61,6 +61,7 @@ class Reason(StrEnum):
     IN_COLLECTIONS = "IN_COLLECTIONS"
     VULNERABLE_CUSTOMER = "VULNERABLE_CUSTOMER"
     AGE_UNKNOWN = "AGE_UNKNOWN"
+    COOL_OFF = "COOL_OFF"
 
 
 @dataclass(frozen=True)
@@ -162,3 +163,142 @@ def consent_from_json(raw: bytes) -> ConsentRecord:
         expire_time=datetime.fromisoformat(data["expire_time"]) if data["expire_time"] else None,
         record_id=data["record_id"],
     )
+
+
+# --- contact policy ------------------------------------------------------------------------------------------
+
+class DoNotContactAction(StrEnum):
+    ADD = "ADD"
+    REMOVE = "REMOVE"
+
+
+@dataclass(frozen=True)
+class DoNotContactEntry:
+    customer_id: str
+    action: DoNotContactAction
+    source: str
+    actor: str = ""
+    reason: str = ""
+    record_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Complaint:
+    customer_id: str
+    channel: Channel | None
+    source: str
+    actor: str = ""
+    category: str = ""
+    record_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Cap:
+    """At most `limit` contacts within any `period` (rolling) on `channel`, or across channels when None."""
+
+    channel: Channel | None
+    limit: int
+    period: str  # "day", "week" or "month"
+    length: timedelta
+
+    @property
+    def label(self) -> str:
+        return f"{self.channel.value.lower() if self.channel else 'all'}:{self.limit}/{self.period}"
+
+
+@dataclass(frozen=True)
+class ContactPolicy:
+    caps: tuple[Cap, ...] = ()
+    cool_off: timedelta = timedelta(days=30)
+    reservation_ttl: timedelta = timedelta(minutes=15)
+
+    @property
+    def longest_cap(self) -> timedelta:
+        return max((cap.length for cap in self.caps), default=timedelta(0))
+
+
+@dataclass(frozen=True)
+class CountedContact:
+    """A confirmed or active reservation, as the caps see it."""
+
+    channel: Channel
+    contact_time: datetime
+
+
+@dataclass
+class ContactState:
+    """Everything the screening rules need to know about one customer beyond the request's facts."""
+
+    consents: dict[tuple[Channel, ConsentPurpose], ConsentRecord] = field(default_factory=dict)
+    do_not_contact: bool = False
+    last_complaint: datetime | None = None
+    contacts: list[CountedContact] = field(default_factory=list)
+
+
+class ReservationState(StrEnum):
+    RESERVED = "RESERVED"
+    CONFIRMED = "CONFIRMED"
+    RELEASED = "RELEASED"
+    EXPIRED = "EXPIRED"
+
+
+@dataclass(frozen=True)
+class Reservation:
+    delivery_key: str
+    customer_id: str
+    channel: Channel
+    contact_time: datetime
+    state: ReservationState
+    create_time: datetime
+    expire_time: datetime
+
+
+@dataclass(frozen=True)
+class ReservationOutcome:
+    granted: bool
+    reservation: Reservation | None
+    exceeded: tuple[Cap, ...] = ()
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    customer_id: str
+    channel: Channel
+    contact_time: datetime
+    facts: CustomerFacts
+    # Indexes into the batch's offers.
+    offers: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class AuditVerification:
+    intact: bool
+    entries_checked: int
+    first_bad_seq: int = 0
+    problem: str = ""  # "", "EDITED", "INSERTED", "DELETED"
+    detail: str = ""
+    head_hash: str = ""
+
+
+def dnc_to_json(entry: DoNotContactEntry) -> bytes:
+    data = {"customer_id": entry.customer_id, "action": entry.action.value, "source": entry.source,
+            "actor": entry.actor, "reason": entry.reason,
+            "record_time": entry.record_time.isoformat() if entry.record_time else None}
+    return json.dumps(data, sort_keys=True).encode()
+
+
+def dnc_from_json(raw: bytes) -> DoNotContactEntry:
+    data = json.loads(raw)
+    return DoNotContactEntry(
+        customer_id=data["customer_id"], action=DoNotContactAction(data["action"]), source=data["source"],
+        actor=data["actor"], reason=data["reason"],
+        record_time=datetime.fromisoformat(data["record_time"]) if data["record_time"] else None,
+    )
+
+
+def time_to_json(value: datetime) -> bytes:
+    return value.isoformat().encode()
+
+
+def time_from_json(raw: bytes) -> datetime:
+    return datetime.fromisoformat(raw.decode())

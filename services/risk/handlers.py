@@ -5,42 +5,72 @@ Spans carry the customer only as `masking.customer_token` (ATTR_CUSTOMER_TOKEN),
 
 from __future__ import annotations
 
+import re
+from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import grpc
 from google.protobuf import timestamp_pb2
 from opentelemetry import trace
 
 from lodestar.common.v1 import common_pb2
-from lodestar.risk.v1 import risk_service_pb2, risk_service_pb2_grpc, screening_pb2
+from lodestar.risk.v1 import (
+    audit_pb2,
+    contact_policy_pb2,
+    content_pb2,
+    risk_service_pb2,
+    risk_service_pb2_grpc,
+    screening_pb2,
+)
 from services.platform import pagination
 from services.platform.db import utcnow
 from services.platform.errors import InvalidArgument
 from services.platform.idempotency import key_for
 from services.platform.masking import customer_token
 from services.platform.telemetry import ATTR_CUSTOMER_TOKEN, ATTR_POLICY_VERSION
-from services.platform.validation import Violations, check_date, check_enum, check_id, check_time_zone
+from services.platform.validation import (
+    ID_PATTERN,
+    ID_RULE,
+    Violations,
+    check_date,
+    check_enum,
+    check_id,
+    check_time_zone,
+)
+from services.risk import content
 from services.risk.domain import (
+    BatchItem,
     Channel,
     ConsentAction,
     ConsentPurpose,
     ConsentRecord,
     CustomerFacts,
+    DoNotContactAction,
+    DoNotContactEntry,
     HistoryPosition,
     OfferSubject,
     ProductType,
     Reason,
+    Reservation,
     ScreeningRequest,
     ScreeningResult,
     Verdict,
 )
+from services.risk.rules import OUTBOUND_CHANNELS, POLICY_VERSION
 from services.risk.service import RiskService
 
 MAX_OFFERS = 100
 MAX_SOURCE = 64
 MAX_ACTOR = 64
+MAX_REASON = 256
+MAX_CATEGORY = 64
 MIN_BIRTH_DATE = date(1900, 1, 1)
+MAX_BATCH_ITEMS = 10_000
+MAX_CONTENT_CHARS = 20_000
+_DELIVERY_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
 
 # --- enums: the domain uses the proto names without their prefix -------------------------------------------
@@ -235,6 +265,173 @@ def _history_position(position: dict[str, object] | None) -> HistoryPosition | N
         ) from None
 
 
+
+# --- ScreenBatch: the per-item conversion, kept lean (thousands of items per message) ----------------------
+
+_CHANNELS = {v.number: Channel(v.name.removeprefix("CHANNEL_")) for v in common_pb2.Channel.DESCRIPTOR.values
+             if v.number}
+_TOLERANCES = {v.number for v in common_pb2.RiskTolerance.DESCRIPTOR.values}
+_VERDICTS = {v: verdict_to_proto(v) for v in Verdict}
+_REASONS = {r: reason_to_proto(r) for r in Reason}
+
+
+@lru_cache(maxsize=4096)
+def _zone_ok(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+@lru_cache(maxsize=65536)
+def _birth_date(value: str) -> date | None:
+    try:
+        parsed = date.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if MIN_BIRTH_DATE <= parsed <= utcnow().date() else None
+
+
+def _batch_facts(facts: screening_pb2.CustomerFacts, field: str) -> CustomerFacts:
+    birth: date | None = None
+    if facts.birth_date:
+        birth = _birth_date(facts.birth_date)
+        if birth is None:
+            raise InvalidArgument.field(f"{field}.birth_date", "must be a date YYYY-MM-DD between 1900-01-01 and "
+                                        "today")
+    if facts.time_zone and not _zone_ok(facts.time_zone):
+        raise InvalidArgument.field(f"{field}.time_zone", "must be an IANA time zone such as Asia/Shanghai")
+    if facts.risk_tolerance not in _TOLERANCES:
+        raise InvalidArgument.field(f"{field}.risk_tolerance", f"unknown value {facts.risk_tolerance}",
+                                    reason="UNKNOWN_ENUM_VALUE")
+    if len(facts.region) > 16:
+        raise InvalidArgument.field(f"{field}.region", "must be an ISO 3166 code such as CN or CN-31")
+    return CustomerFacts(birth, facts.time_zone, facts.region, facts.risk_tolerance, facts.in_collections,
+                         facts.vulnerable)
+
+
+def batch_from_proto(request: screening_pb2.ScreenBatchRequest,
+                     now: datetime) -> tuple[tuple[OfferSubject, ...], list[BatchItem]]:
+    offers = offers_from_proto(list(request.offers))
+    index = {offer.offer_id: i for i, offer in enumerate(offers)}
+    everything = tuple(range(len(offers)))
+    if len(request.items) > MAX_BATCH_ITEMS:
+        raise InvalidArgument.field("items", f"at most {MAX_BATCH_ITEMS} items per message", reason="TOO_MANY_ITEMS")
+    items: list[BatchItem] = []
+    seen: set[str] = set()
+    for i, item in enumerate(request.items):
+        customer_id = item.customer_id
+        if not ID_PATTERN.match(customer_id):
+            raise InvalidArgument.field(f"items[{i}].customer_id", ID_RULE if customer_id else "is required",
+                                        reason="INVALID_ID" if customer_id else "REQUIRED_FIELD_MISSING")
+        if customer_id in seen:
+            raise InvalidArgument.field(f"items[{i}].customer_id", "a customer appears at most once per message",
+                                        reason="DUPLICATE_CUSTOMER")
+        seen.add(customer_id)
+        channel = _CHANNELS.get(item.channel)
+        if channel is None:
+            raise InvalidArgument.field(
+                f"items[{i}].channel", "is required" if item.channel == 0 else f"unknown value {item.channel}",
+                reason="REQUIRED_FIELD_MISSING" if item.channel == 0 else "UNKNOWN_ENUM_VALUE")
+        if item.HasField("contact_time"):
+            try:
+                contact_time = item.contact_time.ToDatetime(tzinfo=UTC)
+            except (ValueError, OverflowError):
+                raise InvalidArgument.field(f"items[{i}].contact_time", "must be a valid timestamp") from None
+        else:
+            contact_time = now
+        chosen = everything
+        if item.offer_ids:
+            try:
+                chosen = tuple(index[offer_id] for offer_id in item.offer_ids)
+            except KeyError:
+                raise InvalidArgument.field(f"items[{i}].offer_ids", "names an offer not in the message's offers",
+                                            reason="UNKNOWN_OFFER") from None
+            if len(set(chosen)) != len(chosen):
+                raise InvalidArgument.field(f"items[{i}].offer_ids", "names an offer twice",
+                                            reason="DUPLICATE_OFFER")
+        items.append(BatchItem(customer_id, channel, contact_time, _batch_facts(item.facts, f"items[{i}].facts"),
+                               chosen))
+    return offers, items
+
+
+def batch_to_proto(batch_id: str, items: list[BatchItem],
+                   results: list[ScreeningResult]) -> screening_pb2.ScreenBatchResponse:
+    response = screening_pb2.ScreenBatchResponse(batch_id=batch_id, policy_version=POLICY_VERSION)
+    out = response.results
+    for item, result in zip(items, results, strict=True):
+        customer = out.add(customer_id=item.customer_id)
+        verdicts = customer.verdicts
+        for v in result.verdicts:
+            if v.reasons:
+                verdicts.add(offer_id=v.offer_id, verdict=_VERDICTS[v.verdict],
+                             reasons=[_REASONS[r] for r in v.reasons])
+            else:
+                verdicts.add(offer_id=v.offer_id, verdict=_VERDICTS[v.verdict])
+    return response
+
+
+# --- contact policy ----------------------------------------------------------------------------------------
+
+def _text(value: str, field: str, limit: int, violations: Violations, *, required: bool = False) -> str:
+    if required and not value:
+        raise InvalidArgument.field(field, "is required", reason="REQUIRED_FIELD_MISSING")
+    if len(value) > limit:
+        violations.add(field, f"must be at most {limit} characters")
+    return value
+
+
+def dnc_from_proto(request: contact_policy_pb2.AddToDoNotContactRequest
+                   | contact_policy_pb2.RemoveFromDoNotContactRequest,
+                   action: DoNotContactAction) -> DoNotContactEntry:
+    customer_id = check_id(request.customer_id, "customer_id")
+    _mark_customer(customer_id)
+    violations = Violations()
+    source = _text(request.source, "source", MAX_SOURCE, violations, required=True)
+    actor = _text(request.actor, "actor", MAX_ACTOR, violations)
+    reason = _text(request.reason, "reason", MAX_REASON, violations)
+    violations.raise_if_any()
+    return DoNotContactEntry(customer_id, action, source, actor, reason)
+
+
+def dnc_to_proto(entry: DoNotContactEntry) -> contact_policy_pb2.DoNotContactEntry:
+    message = contact_policy_pb2.DoNotContactEntry(
+        customer_id=entry.customer_id,
+        action=contact_policy_pb2.DoNotContactAction.Value(f"DO_NOT_CONTACT_ACTION_{entry.action.value}"),
+        source=entry.source, actor=entry.actor, reason=entry.reason,
+    )
+    if entry.record_time:
+        message.record_time.CopyFrom(_timestamp(entry.record_time))
+    return message
+
+
+def _delivery_key(value: str) -> str:
+    if not value:
+        raise InvalidArgument.field("delivery_key", "is required", reason="REQUIRED_FIELD_MISSING")
+    if not _DELIVERY_KEY.match(value):
+        raise InvalidArgument.field(
+            "delivery_key", "must be 1-128 characters of letters, digits, '.', '_', ':', '/' or '-'",
+            reason="INVALID_DELIVERY_KEY")
+    return value
+
+
+def reservation_to_proto(reservation: Reservation) -> contact_policy_pb2.ContactReservation:
+    message = contact_policy_pb2.ContactReservation(
+        delivery_key=reservation.delivery_key, customer_id=reservation.customer_id,
+        channel=channel_to_proto(reservation.channel),
+        state=contact_policy_pb2.ReservationState.Value(f"RESERVATION_STATE_{reservation.state.value}"),
+    )
+    message.contact_time.CopyFrom(_timestamp(reservation.contact_time))
+    message.create_time.CopyFrom(_timestamp(reservation.create_time))
+    message.expire_time.CopyFrom(_timestamp(reservation.expire_time))
+    return message
+
+
+_VIOLATION_KINDS = {"BANNED_CLAIM": content_pb2.VIOLATION_KIND_BANNED_CLAIM,
+                    "MISSING_DISCLOSURE": content_pb2.VIOLATION_KIND_MISSING_DISCLOSURE}
+
+
 class RiskHandlers(risk_service_pb2_grpc.RiskServiceServicer):
     def __init__(self, service: RiskService) -> None:
         self.service = service
@@ -271,4 +468,125 @@ class RiskHandlers(risk_service_pb2_grpc.RiskServiceServicer):
             token = pagination.encode_page_token(position, fingerprint)
         return risk_service_pb2.ListConsentHistoryResponse(
             consents=[consent_to_proto(r) for r in page.records], next_page_token=token
+        )
+
+    async def ScreenBatch(
+        self, request_iterator: AsyncIterator[screening_pb2.ScreenBatchRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[screening_pb2.ScreenBatchResponse]:
+        span = trace.get_current_span()
+        span.set_attribute(ATTR_POLICY_VERSION, POLICY_VERSION)
+        messages = customers = 0
+        async for request in request_iterator:
+            offers, items = batch_from_proto(request, utcnow())
+            results = await self.service.screen_batch(offers, items)
+            messages += 1
+            customers += len(items)
+            yield batch_to_proto(request.batch_id, items, results)
+        span.set_attribute("lodestar.risk.batch_messages", messages)
+        span.set_attribute("lodestar.risk.batch_customers", customers)
+
+    async def AddToDoNotContact(
+        self, request: contact_policy_pb2.AddToDoNotContactRequest, context: grpc.aio.ServicerContext
+    ) -> contact_policy_pb2.AddToDoNotContactResponse:
+        entry = dnc_from_proto(request, DoNotContactAction.ADD)
+        stored = await self.service.change_do_not_contact(entry, key_for("AddToDoNotContact", request))
+        return contact_policy_pb2.AddToDoNotContactResponse(entry=dnc_to_proto(stored))
+
+    async def RemoveFromDoNotContact(
+        self, request: contact_policy_pb2.RemoveFromDoNotContactRequest, context: grpc.aio.ServicerContext
+    ) -> contact_policy_pb2.RemoveFromDoNotContactResponse:
+        entry = dnc_from_proto(request, DoNotContactAction.REMOVE)
+        stored = await self.service.change_do_not_contact(entry, key_for("RemoveFromDoNotContact", request))
+        return contact_policy_pb2.RemoveFromDoNotContactResponse(entry=dnc_to_proto(stored))
+
+    async def RecordComplaint(
+        self, request: contact_policy_pb2.RecordComplaintRequest, context: grpc.aio.ServicerContext
+    ) -> contact_policy_pb2.RecordComplaintResponse:
+        customer_id = check_id(request.customer_id, "customer_id")
+        _mark_customer(customer_id)
+        channel = check_enum(request.channel, common_pb2.Channel, "channel", required=False)
+        violations = Violations()
+        source = _text(request.source, "source", MAX_SOURCE, violations, required=True)
+        actor = _text(request.actor, "actor", MAX_ACTOR, violations)
+        category = _text(request.category, "category", MAX_CATEGORY, violations)
+        violations.raise_if_any()
+        recorded, until = await self.service.record_complaint(
+            customer_id, channel_from_proto(channel) if channel else None, source, actor, category,
+            key_for("RecordComplaint", request),
+        )
+        return contact_policy_pb2.RecordComplaintResponse(record_time=_timestamp(recorded),
+                                                          cool_off_until=_timestamp(until))
+
+    async def ReserveContact(
+        self, request: contact_policy_pb2.ReserveContactRequest, context: grpc.aio.ServicerContext
+    ) -> contact_policy_pb2.ReserveContactResponse:
+        delivery_key = _delivery_key(request.delivery_key)
+        key_for("ReserveContact", request)  # checks the request id's form; the delivery key deduplicates
+        customer_id = check_id(request.customer_id, "customer_id")
+        _mark_customer(customer_id)
+        channel = channel_from_proto(check_enum(request.channel, common_pb2.Channel, "channel"))
+        if channel not in OUTBOUND_CHANNELS:
+            raise InvalidArgument.field("channel", "must be an outbound channel (SMS, EMAIL, APP_PUSH, WECHAT, PHONE)",
+                                        reason="CHANNEL_NOT_OUTBOUND")
+        contact_time = utcnow()
+        if request.HasField("contact_time"):
+            violations = Violations()
+            parsed = _from_timestamp(request.contact_time, "contact_time", violations)
+            violations.raise_if_any()
+            assert parsed is not None
+            contact_time = parsed
+        outcome = await self.service.reserve_contact(delivery_key, customer_id, channel, contact_time)
+        response = contact_policy_pb2.ReserveContactResponse(granted=outcome.granted)
+        if outcome.reservation is not None:
+            response.reservation.CopyFrom(reservation_to_proto(outcome.reservation))
+        if not outcome.granted:
+            response.reasons.append(reason_to_proto(Reason.FREQUENCY_CAP))
+            response.exceeded_caps.extend(cap.label for cap in outcome.exceeded)
+        return response
+
+    async def ConfirmContact(
+        self, request: contact_policy_pb2.ConfirmContactRequest, context: grpc.aio.ServicerContext
+    ) -> contact_policy_pb2.ConfirmContactResponse:
+        key_for("ConfirmContact", request)  # form only: confirming is idempotent per delivery key
+        reservation = await self.service.confirm_contact(_delivery_key(request.delivery_key))
+        return contact_policy_pb2.ConfirmContactResponse(reservation=reservation_to_proto(reservation))
+
+    async def ReleaseContact(
+        self, request: contact_policy_pb2.ReleaseContactRequest, context: grpc.aio.ServicerContext
+    ) -> contact_policy_pb2.ReleaseContactResponse:
+        key_for("ReleaseContact", request)  # form only: releasing is idempotent per delivery key
+        reservation = await self.service.release_contact(_delivery_key(request.delivery_key))
+        return contact_policy_pb2.ReleaseContactResponse(reservation=reservation_to_proto(reservation))
+
+    async def CheckContent(
+        self, request: content_pb2.CheckContentRequest, context: grpc.aio.ServicerContext
+    ) -> content_pb2.CheckContentResponse:
+        if not request.text.strip():
+            raise InvalidArgument.field("text", "is required", reason="REQUIRED_FIELD_MISSING")
+        if len(request.text) > MAX_CONTENT_CHARS:
+            raise InvalidArgument.field("text", f"must be at most {MAX_CONTENT_CHARS} characters",
+                                        reason="TEXT_TOO_LONG")
+        product_type = product_type_from_proto(check_enum(request.product_type, common_pb2.ProductType,
+                                                          "product_type"))
+        if request.language not in ("", *content.LANGUAGES):
+            raise InvalidArgument.field("language", "must be zh, en or empty (both)", reason="UNSUPPORTED_LANGUAGE")
+        rules = content.default_rules()
+        violations = content.check(request.text, product_type, request.language, rules)
+        return content_pb2.CheckContentResponse(
+            violations=[
+                content_pb2.ContentViolation(kind=_VIOLATION_KINDS[v.kind], rule_id=v.rule_id, start=v.start,
+                                             end=v.end, description=v.description)
+                for v in violations
+            ],
+            compliant=not violations, rules_version=rules.version,
+        )
+
+    async def VerifyAuditLog(
+        self, request: audit_pb2.VerifyAuditLogRequest, context: grpc.aio.ServicerContext
+    ) -> audit_pb2.VerifyAuditLogResponse:
+        result = await self.service.verify_audit_log()
+        return audit_pb2.VerifyAuditLogResponse(
+            intact=result.intact, entries_checked=result.entries_checked, first_bad_seq=result.first_bad_seq,
+            problem=audit_pb2.AuditProblem.Value(f"AUDIT_PROBLEM_{result.problem or 'UNSPECIFIED'}"),
+            detail=result.detail, head_hash=result.head_hash,
         )

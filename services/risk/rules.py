@@ -1,4 +1,4 @@
-"""The screening rules, policy version 2026.11-1. Pure functions: no I/O, no clock, no server time zone.
+"""The screening rules, policy version 2026.12-1. Pure functions: no I/O, no clock, no server time zone.
 
 Each offer of a Screen call gets every applicable reason, in the order the rules below are listed (each reason
 at most once). The verdict is DENY if any reason is a deny reason, else HOLD if any is a hold reason
@@ -27,19 +27,33 @@ hold reasons that applied.
    An unspecified tolerance counts as C1; a product without a risk level is not checked.
 5. Vulnerable customers: a product of risk level R4 or above, or any credit product -> DENY
    VULNERABLE_CUSTOMER.
+
+Contact policy (policy 2026.12-1; outbound channels only, the same for every offer; listed after consent):
+6. Do-not-contact: the customer's latest do-not-contact entry is ADD -> DENY DO_NOT_CONTACT.
+7. Cool-off: a complaint, or a MARKETING consent withdrawal that is still the latest record of its channel,
+   recorded less than the cool-off period (RISK_COOL_OFF_DAYS, default 30 days) before contact_time ->
+   DENY COOL_OFF, on every outbound channel. A later grant on that channel ends a withdrawal's cool-off.
+8. Caps (RISK_CAPS): for each cap of the channel and each cross-channel cap, the confirmed and active
+   reservations within the cap's rolling period of contact_time (|t - contact_time| < period: day 24 h,
+   week 7 days, month 30 days) already reach its limit -> HOLD FREQUENCY_CAP. The symmetric window makes
+   sequential acceptance imply the cap holds in every rolling window.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, time, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from services.risk.domain import (
+    Cap,
     Channel,
     ConsentAction,
     ConsentPurpose,
     ConsentRecord,
+    ContactPolicy,
+    ContactState,
+    CountedContact,
     CustomerFacts,
     OfferSubject,
     OfferVerdict,
@@ -51,7 +65,8 @@ from services.risk.domain import (
     Verdict,
 )
 
-POLICY_VERSION = "2026.11-1"
+POLICY_VERSION = "2026.12-1"
+NO_POLICY = ContactPolicy()
 
 OUTBOUND_CHANNELS = frozenset({Channel.SMS, Channel.EMAIL, Channel.APP_PUSH, Channel.WECHAT, Channel.PHONE})
 CREDIT_PRODUCTS = frozenset({ProductType.CREDIT_CARD, ProductType.CONSUMER_LOAN, ProductType.INSTALMENT})
@@ -160,6 +175,69 @@ def offer_reasons(offer: OfferSubject, facts: CustomerFacts, contact_date: date)
     return reasons
 
 
+def exceeded_caps(channel: Channel, contact_time: datetime, contacts: Iterable[CountedContact],
+                  caps: Iterable[Cap]) -> list[Cap]:
+    """The caps that one more contact on `channel` at `contact_time` would exceed (rule 8)."""
+    applicable = [cap for cap in caps if cap.channel is None or cap.channel == channel]
+    if not applicable:
+        return []
+    contacts = list(contacts)
+    out = []
+    for cap in applicable:
+        count = sum(
+            1 for c in contacts
+            if (cap.channel is None or c.channel == cap.channel) and abs(c.contact_time - contact_time) < cap.length
+        )
+        if count >= cap.limit:
+            out.append(cap)
+    return out
+
+
+def in_cool_off(state: ContactState, contact_time: datetime, policy: ContactPolicy) -> bool:
+    """Rule 7: a complaint or a still-standing marketing withdrawal within the cool-off period."""
+    since = contact_time - policy.cool_off
+    if state.last_complaint is not None and since < state.last_complaint:
+        return True
+    for (_, purpose), record in state.consents.items():
+        if (purpose == ConsentPurpose.MARKETING and record.action == ConsentAction.WITHDRAW
+                and record.record_time is not None and since < record.record_time):
+            return True
+    return False
+
+
+def policy_reasons(channel: Channel, contact_time: datetime, state: ContactState,
+                   policy: ContactPolicy) -> list[Reason]:
+    """Rules 6 to 8 (outbound channels only)."""
+    if channel not in OUTBOUND_CHANNELS:
+        return []
+    reasons = []
+    if state.do_not_contact:
+        reasons.append(Reason.DO_NOT_CONTACT)
+    if in_cool_off(state, contact_time, policy):
+        reasons.append(Reason.COOL_OFF)
+    if state.contacts and exceeded_caps(channel, contact_time, state.contacts, policy.caps):
+        reasons.append(Reason.FREQUENCY_CAP)
+    return reasons
+
+
+def screening_signature(channel: Channel, contact_time: datetime, facts: CustomerFacts, state: ContactState,
+                        policy: ContactPolicy) -> tuple[object, ...]:
+    """Everything screen() reads, reduced to what its outcome depends on (for memoising it over a batch): the
+    consent verdict, the contact-policy reasons, the zone and time (quiet hours, contact date), the age class
+    on the contact date and the offer-relevant facts. Two customers with equal signatures get equal verdicts
+    for the same offers."""
+    key = required_consent(channel)
+    consent_ok = key is None or consent_is_valid(state.consents.get(key), contact_time)
+    zone = time_zone_for(facts)
+    if facts.birth_date is None:
+        age_class = -1
+    else:
+        contact_date = contact_time.astimezone(zone or UTC).date()
+        age_class = int(age_on(facts.birth_date, contact_date) >= ADULT_AGE)
+    return (channel, contact_time, zone, consent_ok, tuple(policy_reasons(channel, contact_time, state, policy)),
+            age_class, facts.in_collections, facts.risk_tolerance, facts.vulnerable)
+
+
 def verdict_for(reasons: list[Reason] | tuple[Reason, ...]) -> Verdict:
     if any(reason not in HOLD_REASONS for reason in reasons):
         return Verdict.DENY
@@ -170,13 +248,21 @@ def verdict_for(reasons: list[Reason] | tuple[Reason, ...]) -> Verdict:
 
 def screen(
     request: ScreeningRequest, consents: Mapping[ConsentKey, ConsentRecord],
-    quiet: QuietHours = DEFAULT_QUIET_HOURS,
+    quiet: QuietHours = DEFAULT_QUIET_HOURS, *, state: ContactState | None = None,
+    policy: ContactPolicy = NO_POLICY,
 ) -> ScreeningResult:
     """Screens every offer of `request`. `consents` holds the latest record per (channel, purpose) of the
-    customer; only the key `required_consent(request.channel)` is read."""
+    customer; only the key `required_consent(request.channel)` is read by rule 1 (every MARKETING one by
+    rule 7). `state` (do-not-contact, complaints, counted contacts) enables rules 6 to 8."""
     if request.contact_time.tzinfo is None:
         raise ValueError("contact_time must be timezone-aware")
     common = contact_reasons(request.channel, request.contact_time, request.facts, consents, quiet)
+    if state is not None:
+        extra = policy_reasons(request.channel, request.contact_time, state, policy)
+        if extra:
+            # consent first, then the contact-policy reasons, then quiet hours / time zone
+            head = [r for r in common if r == Reason.CONSENT_MISSING]
+            common = [*head, *extra, *(r for r in common if r != Reason.CONSENT_MISSING)]
     zone = time_zone_for(request.facts) or UTC
     contact_date = request.contact_time.astimezone(zone).date()
     verdicts = []

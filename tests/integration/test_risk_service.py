@@ -62,6 +62,10 @@ class Risk:
         async with self.svc.runtime.database.sessionmaker() as session:
             return list(await session.scalars(select(model).order_by(model.id)))  # type: ignore[attr-defined]
 
+    async def rows_by(self, model: type, order: Any) -> list[Any]:
+        async with self.svc.runtime.database.sessionmaker() as session:
+            return list(await session.scalars(select(model).order_by(order)))
+
 
 @pytest.fixture
 async def risk(start: Callable[..., Any]) -> AsyncIterator[Risk]:
@@ -119,7 +123,7 @@ async def test_recorded_consent_allows_the_contact(risk: Risk) -> None:
 
     response = await risk.stub.Screen(screen_request())
     assert verdicts(response) == ALLOWED
-    assert response.policy_version == "2026.11-1"
+    assert response.policy_version == "2026.12-1"
 
 
 async def test_no_consent_denies(risk: Risk) -> None:
@@ -136,7 +140,10 @@ async def test_withdrawal_after_a_grant_denies(risk: Risk) -> None:
     await risk.stub.RecordConsent(consent_request(action=GRANT))
     assert verdicts(await risk.stub.Screen(screen_request())) == ALLOWED
     await risk.stub.RecordConsent(consent_request(action=WITHDRAW, source="call-centre"))
-    assert verdicts(await risk.stub.Screen(screen_request())) == NO_CONSENT
+    # the withdrawal also starts the cool-off (policy 2026.12-1), until a later grant on the channel
+    assert verdicts(await risk.stub.Screen(screen_request())) == [
+        ("deposit-1", screening_pb2.VERDICT_DENY,
+         [screening_pb2.REASON_CODE_CONSENT_MISSING, screening_pb2.REASON_CODE_COOL_OFF])]
     await risk.stub.RecordConsent(consent_request(action=GRANT, source="branch"))
     assert verdicts(await risk.stub.Screen(screen_request())) == ALLOWED
 
@@ -213,9 +220,9 @@ async def test_every_screen_call_writes_one_audit_row(risk: Risk) -> None:
 
     first, second = await risk.rows(ScreeningDecisionRow)
     assert (first.customer_id, first.channel, first.contact_time, first.policy_version) == (
-        "cust-a", "SMS", NOON, "2026.11-1")
+        "cust-a", "SMS", NOON, "2026.12-1")
     assert first.verdicts == [{"offer_id": "deposit-1", "verdict": "DENY", "reasons": ["CONSENT_MISSING"]}]
-    assert (second.customer_id, second.channel, second.policy_version) == ("cust-b", "IN_APP", "2026.11-1")
+    assert (second.customer_id, second.channel, second.policy_version) == ("cust-b", "IN_APP", "2026.12-1")
     assert before <= second.contact_time <= after  # contact_time defaults to now
     assert second.verdicts == [{"offer_id": "deposit-1", "verdict": "ALLOW", "reasons": []}]
     assert first.create_time <= second.create_time
@@ -442,7 +449,7 @@ async def test_spans_and_logs_carry_the_customer_token_never_the_id(
     server, refused = await _server_spans(span_exporter, SCREEN_METHOD, count=2)
     assert server.attributes is not None and refused.attributes is not None
     assert server.attributes[ATTR_CUSTOMER_TOKEN] == customer_token(raw_id)
-    assert server.attributes[ATTR_POLICY_VERSION] == "2026.11-1"
+    assert server.attributes[ATTR_POLICY_VERSION] == "2026.12-1"
     # A refused call is still attributed to the customer (by token), and names its error reason.
     assert refused.attributes[ATTR_CUSTOMER_TOKEN] == customer_token(raw_id)
     assert refused.attributes["lodestar.error.reason"] == "REQUIRED_FIELD_MISSING"

@@ -65,7 +65,7 @@ def test_consented_adult_in_daytime_is_allowed_with_no_reasons() -> None:
 
 
 def test_policy_version_is_the_documented_one() -> None:
-    assert rules.POLICY_VERSION == "2026.11-1"
+    assert rules.POLICY_VERSION == "2026.12-1"
 
 
 # --- consent ------------------------------------------------------------------------------------------------
