@@ -5,12 +5,20 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Date, Integer, String, delete, select
+from sqlalchemy import JSON, BigInteger, Boolean, Date, Integer, String, cast, delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.platform.db import IdempotencyKeyMixin, UnitOfWork, UtcDateTime, new_metadata, utcnow
-from services.profile.domain import Attribute, Customer
+from services.profile.domain import (
+    Attribute,
+    AttributeSpec,
+    BatchResult,
+    Customer,
+    ImportStatus,
+    RowError,
+)
 
 
 class Base(DeclarativeBase):
@@ -35,6 +43,37 @@ class CustomerRow(Base):
 
 class IdempotencyKey(IdempotencyKeyMixin, Base):
     pass
+
+
+class AttributeDefinitionRow(Base):
+    """The attribute registry (services/profile/registry.py has the rules)."""
+
+    __tablename__ = "attribute_definitions"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    type: Mapped[str] = mapped_column(String(16))
+    pii: Mapped[bool] = mapped_column(Boolean, default=False)
+    allowed_values: Mapped[list[str]] = mapped_column(JSON, default=list)
+    min_value: Mapped[str] = mapped_column(String(64), default="")
+    max_value: Mapped[str] = mapped_column(String(64), default="")
+    description: Mapped[str] = mapped_column(String(1000), default="")
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    update_time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class ImportBatchRow(Base):
+    """One committed batch of a bulk import, written in the batch's own transaction: resumption skips it."""
+
+    __tablename__ = "import_batches"
+
+    import_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    batch_number: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    row_count: Mapped[int] = mapped_column(Integer)
+    imported: Mapped[int] = mapped_column(Integer)
+    failed: Mapped[int] = mapped_column(Integer)
+    # [[row_number, column, reason, description], ...]: never a value of a PII attribute.
+    errors: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 def _to_domain(row: CustomerRow) -> Customer:
@@ -101,8 +140,108 @@ class CustomerRepository:
         await self.session.execute(delete(CustomerRow).where(CustomerRow.customer_id == customer_id))
 
 
+def _spec(row: AttributeDefinitionRow) -> AttributeSpec:
+    return AttributeSpec(
+        name=row.name, type=row.type,  # type: ignore[arg-type]
+        pii=row.pii, allowed_values=tuple(row.allowed_values or ()), min=row.min_value, max=row.max_value,
+        description=row.description, update_time=row.update_time,
+    )
+
+
+class AttributeRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def all(self) -> list[AttributeSpec]:
+        rows = await self.session.scalars(select(AttributeDefinitionRow).order_by(AttributeDefinitionRow.name))
+        return [_spec(row) for row in rows]
+
+    async def list_page(self, *, after_name: str | None, limit: int) -> list[AttributeSpec]:
+        query = select(AttributeDefinitionRow).order_by(AttributeDefinitionRow.name).limit(limit)
+        if after_name is not None:
+            query = query.where(AttributeDefinitionRow.name > after_name)
+        return [_spec(row) for row in await self.session.scalars(query)]
+
+    async def upsert(self, specs: list[AttributeSpec]) -> list[AttributeSpec]:
+        now = utcnow()
+        out = []
+        for spec in specs:
+            row = await self.session.get(AttributeDefinitionRow, spec.name)
+            if row is None:
+                row = AttributeDefinitionRow(name=spec.name, create_time=now)
+                self.session.add(row)
+            row.type, row.pii, row.allowed_values = spec.type, spec.pii, list(spec.allowed_values)
+            row.min_value, row.max_value, row.description = spec.min, spec.max, spec.description
+            row.update_time = now
+            out.append(row)
+        await self.session.flush()
+        return [_spec(row) for row in out]
+
+
+CUSTOMER_COLUMNS = ("full_name", "email", "phone", "birth_date", "region", "time_zone")
+
+
+class ImportRepository:
+    """Bulk writes of an import: one executemany of a dialect `INSERT ... ON CONFLICT DO UPDATE` per batch."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def committed_batch(self, import_id: str, batch_number: int) -> BatchResult | None:
+        row = await self.session.get(ImportBatchRow, (import_id, batch_number))
+        if row is None:
+            return None
+        errors = [RowError(int(e[0]), e[1], e[2], e[3]) for e in row.errors or ()]
+        return BatchResult(batch_number, row.imported, row.failed, errors, skipped=True)
+
+    async def record_batch(self, import_id: str, result: BatchResult, row_count: int) -> None:
+        self.session.add(ImportBatchRow(
+            import_id=import_id, batch_number=result.batch_number, row_count=row_count,
+            imported=result.imported, failed=result.failed,
+            errors=[[e.row_number, e.column, e.reason, e.description] for e in result.errors],
+            create_time=utcnow(),
+        ))
+        await self.session.flush()
+
+    async def status(self, import_id: str) -> ImportStatus | None:
+        rows = (await self.session.execute(
+            select(ImportBatchRow.batch_number, ImportBatchRow.imported, ImportBatchRow.failed)
+            .where(ImportBatchRow.import_id == import_id).order_by(ImportBatchRow.batch_number)
+        )).all()
+        if not rows:
+            return None
+        return ImportStatus(import_id, [r[0] for r in rows], sum(r[1] for r in rows), sum(r[2] for r in rows))
+
+    async def upsert_customers(self, rows: list[dict[str, Any]], columns: frozenset[str]) -> None:
+        """Insert or update customers by id. `rows` carry customer_id, every core column and `attributes`
+        (a dict in the stored {"name": {"t", "v"}} shape); on conflict only the core `columns` the import
+        carries are overwritten and the attributes are merged into the existing ones (the import's win)."""
+        if not rows:
+            return
+        table = Base.metadata.tables[CustomerRow.__tablename__]
+        dialect = self.session.bind.dialect.name
+        insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+        excluded = insert.excluded
+        merged: Any
+        if dialect == "postgresql":
+            merged = cast(
+                cast(table.c.attributes, postgresql.JSONB).op("||")(cast(excluded.attributes, postgresql.JSONB)),
+                JSON,
+            )
+        else:
+            merged = func.json_patch(table.c.attributes, excluded.attributes)
+        updates: dict[str, Any] = {c: excluded[c] for c in CUSTOMER_COLUMNS if c in columns}
+        updates |= {"attributes": merged, "version": table.c.version + 1, "update_time": excluded.update_time}
+        statement = insert.on_conflict_do_update(index_elements=[table.c.customer_id], set_=updates)
+        await self.session.execute(statement, rows)
+
+
 class ProfileUnitOfWork(UnitOfWork):
     customers: CustomerRepository
+    attributes: AttributeRepository
+    imports: ImportRepository
 
     def _enter_repositories(self) -> None:
         self.customers = CustomerRepository(self.session)
+        self.attributes = AttributeRepository(self.session)
+        self.imports = ImportRepository(self.session)

@@ -71,3 +71,74 @@ def customer_from_json(raw: bytes) -> Customer:
         create_time=datetime.fromisoformat(data["create_time"]) if data["create_time"] else None,
         update_time=datetime.fromisoformat(data["update_time"]) if data["update_time"] else None,
     )
+
+
+# -- attribute registry and bulk import ------------------------------------------------------------------------
+
+AttributeType = Literal["string", "integer", "decimal", "boolean", "date", "enum"]
+ATTRIBUTE_TYPES: tuple[AttributeType, ...] = ("string", "integer", "decimal", "boolean", "date", "enum")
+# The AttributeValue kind each registered type is stored as (enum values are strings).
+STORED_KIND: dict[str, AttributeKind] = {
+    "string": "string", "integer": "int", "decimal": "decimal", "boolean": "bool", "date": "date", "enum": "string",
+}
+# Columns of an import that are Customer's own fields rather than attributes.
+CORE_FIELDS = ("customer_id", "full_name", "email", "phone", "birth_date", "region", "time_zone")
+
+
+@dataclass(frozen=True)
+class AttributeSpec:
+    """One registered attribute. min/max are text in the type's own notation ("18", "0.5", "2000-01-01")."""
+
+    name: str
+    type: AttributeType
+    pii: bool = False
+    allowed_values: tuple[str, ...] = ()
+    min: str = ""
+    max: str = ""
+    description: str = ""
+    update_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RowError:
+    row_number: int
+    column: str
+    reason: str
+    description: str
+
+
+@dataclass
+class BatchResult:
+    batch_number: int
+    imported: int
+    failed: int
+    errors: list[RowError]
+    skipped: bool = False
+
+
+@dataclass(frozen=True)
+class ImportStatus:
+    import_id: str
+    committed_batches: list[int]
+    imported: int
+    failed: int
+
+
+def specs_to_json(specs: list[AttributeSpec]) -> bytes:
+    return json.dumps([
+        {"name": s.name, "type": s.type, "pii": s.pii, "allowed_values": list(s.allowed_values), "min": s.min,
+         "max": s.max, "description": s.description,
+         "update_time": s.update_time.isoformat() if s.update_time else None}
+        for s in specs
+    ], sort_keys=True).encode()
+
+
+def specs_from_json(raw: bytes) -> list[AttributeSpec]:
+    return [
+        AttributeSpec(
+            name=d["name"], type=d["type"], pii=d["pii"], allowed_values=tuple(d["allowed_values"]), min=d["min"],
+            max=d["max"], description=d["description"],
+            update_time=datetime.fromisoformat(d["update_time"]) if d["update_time"] else None,
+        )
+        for d in json.loads(raw)
+    ]

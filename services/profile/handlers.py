@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from datetime import date
 from decimal import Decimal, InvalidOperation
 
@@ -11,6 +12,7 @@ from google.protobuf import timestamp_pb2
 
 from lodestar.profile.v1 import customer_pb2, profile_service_pb2, profile_service_pb2_grpc
 from services.platform import pagination
+from services.platform.errors import InvalidArgument, NotFound
 from services.platform.idempotency import key_for
 from services.platform.validation import (
     Violations,
@@ -20,7 +22,17 @@ from services.platform.validation import (
     check_time_zone,
     parse_name,
 )
-from services.profile.domain import UPDATABLE_FIELDS, Attribute, AttributeKind, Customer
+from services.profile.domain import (
+    CORE_FIELDS,
+    UPDATABLE_FIELDS,
+    Attribute,
+    AttributeKind,
+    AttributeSpec,
+    AttributeType,
+    Customer,
+    RowError,
+)
+from services.profile.importer import Importer, ImportRowIn, ImportTotals
 from services.profile.service import ProfileService
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
@@ -106,7 +118,154 @@ def customer_from_proto(message: customer_pb2.Customer, *, field_prefix: str = "
     )
 
 
-class ProfileHandlers(profile_service_pb2_grpc.ProfileServiceServicer):
+# -- attribute registry and bulk import ------------------------------------------------------------------------
+
+_TYPE_TO_PROTO: dict[str, int] = {
+    "string": customer_pb2.ATTRIBUTE_TYPE_STRING, "integer": customer_pb2.ATTRIBUTE_TYPE_INTEGER,
+    "decimal": customer_pb2.ATTRIBUTE_TYPE_DECIMAL, "boolean": customer_pb2.ATTRIBUTE_TYPE_BOOLEAN,
+    "date": customer_pb2.ATTRIBUTE_TYPE_DATE, "enum": customer_pb2.ATTRIBUTE_TYPE_ENUM,
+}
+_TYPE_FROM_PROTO = {number: name for name, number in _TYPE_TO_PROTO.items()}
+_IMPORT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+MAX_IMPORT_ROWS = 10_000
+_IMPORTABLE_CORE = frozenset(CORE_FIELDS) - {"customer_id"}
+
+
+def spec_to_proto(spec: AttributeSpec) -> customer_pb2.AttributeDefinition:
+    message = customer_pb2.AttributeDefinition(
+        name=spec.name, type=_TYPE_TO_PROTO[spec.type], pii=spec.pii,  # type: ignore[arg-type]
+        allowed_values=list(spec.allowed_values), min=spec.min, max=spec.max, description=spec.description,
+    )
+    if spec.update_time:
+        message.update_time.CopyFrom(_timestamp(spec.update_time))
+    return message
+
+
+def spec_from_proto(message: customer_pb2.AttributeDefinition) -> AttributeSpec:
+    kind: AttributeType = _TYPE_FROM_PROTO.get(message.type, "")  # type: ignore[assignment]
+    return AttributeSpec(
+        name=message.name, type=kind, pii=message.pii, allowed_values=tuple(message.allowed_values),
+        min=message.min.strip(), max=message.max.strip(), description=message.description,
+    )
+
+
+def _column_of(field: str) -> str:
+    """'customer.attributes[\'x\']' -> 'x'; 'customer.email' -> 'email'."""
+    if field.startswith("customer.attributes["):
+        return field[len("customer.attributes["):].rstrip("]").strip("'\"")
+    return field.removeprefix("customer.")
+
+
+def import_row_from_proto(row: customer_pb2.ImportRow) -> ImportRowIn:
+    """One import row, validated like CreateCustomer's customer; problems become RowErrors, never raised."""
+    number = row.row_number
+    try:
+        check_id(row.customer.customer_id, "customer.customer_id")
+        customer = customer_from_proto(row.customer)
+    except InvalidArgument as error:
+        errors = []
+        for violation in error.violations:
+            column = _column_of(violation.field)
+            if column == "customer_id":
+                reason = error.reason
+            elif violation.field.startswith("customer.attributes"):
+                reason = "ATTRIBUTE_TYPE_MISMATCH" if column != "attributes" else "INVALID_ATTRIBUTE_NAME"
+            else:
+                reason = "INVALID_FIELD_VALUE"
+            errors.append(RowError(number, column, reason, violation.description))
+        return ImportRowIn(number, None, errors)
+    return ImportRowIn(number, customer)
+
+
+def _row_error_to_proto(error: RowError) -> customer_pb2.ImportRowError:
+    return customer_pb2.ImportRowError(
+        row_number=error.row_number, column=error.column, reason=error.reason, description=error.description
+    )
+
+
+class ProfileRegistryHandlers:
+    """UpsertAttributes, ListAttributes, ImportCustomers and GetImport, mixed into ProfileHandlers."""
+
+    service: ProfileService
+
+    @property
+    def importer(self) -> Importer:
+        return Importer(self.service.uow_factory)
+
+    async def UpsertAttributes(self, request: profile_service_pb2.UpsertAttributesRequest,
+                               context: grpc.aio.ServicerContext) -> profile_service_pb2.UpsertAttributesResponse:
+        specs = [spec_from_proto(m) for m in request.attributes]
+        key = key_for("UpsertAttributes", request)
+        stored = await self.service.upsert_attributes(specs, key)
+        return profile_service_pb2.UpsertAttributesResponse(attributes=[spec_to_proto(s) for s in stored])
+
+    async def ListAttributes(self, request: profile_service_pb2.ListAttributesRequest,
+                             context: grpc.aio.ServicerContext) -> profile_service_pb2.ListAttributesResponse:
+        size = pagination.page_size(request.page_size)
+        fingerprint = pagination.query_fingerprint(collection="attributes")
+        position = pagination.decode_page_token(request.page_token, fingerprint)
+        after = position.get("after") if position else None
+        specs, next_after = await self.service.list_attributes(
+            after_name=after if isinstance(after, str) else None, page_size=size
+        )
+        token = pagination.encode_page_token({"after": next_after}, fingerprint) if next_after else ""
+        return profile_service_pb2.ListAttributesResponse(
+            attributes=[spec_to_proto(s) for s in specs], next_page_token=token
+        )
+
+    async def ImportCustomers(self, request_iterator: AsyncIterator[profile_service_pb2.ImportCustomersRequest],
+                              context: grpc.aio.ServicerContext) -> profile_service_pb2.ImportCustomersResponse:
+        importer = self.importer
+        totals = ImportTotals()
+        registry = None
+        async for request in request_iterator:
+            if not totals.import_id:
+                if not _IMPORT_ID.match(request.import_id):
+                    raise InvalidArgument.field(
+                        "import_id", "is required: 1-128 letters, digits, '.', '_', ':' or '-'",
+                        reason="INVALID_IMPORT_ID")
+                totals.import_id = request.import_id
+            elif request.import_id != totals.import_id:
+                raise InvalidArgument.field("import_id", "must be the same in every message of the stream",
+                                            reason="IMPORT_ID_CHANGED")
+            if request.batch_number < 0:
+                raise InvalidArgument.field("batch_number", "must not be negative", reason="INVALID_BATCH_NUMBER")
+            if len(request.rows) > MAX_IMPORT_ROWS:
+                raise InvalidArgument.field("rows", f"at most {MAX_IMPORT_ROWS} rows per batch",
+                                            reason="BATCH_TOO_LARGE")
+            unknown = [f for f in request.core_fields if f not in _IMPORTABLE_CORE]
+            if unknown:
+                raise InvalidArgument.field("core_fields", "may name only " + ", ".join(sorted(_IMPORTABLE_CORE)),
+                                            reason="UNKNOWN_CORE_FIELD")
+            if registry is None:
+                registry = await importer.load_registry()
+            rows = [import_row_from_proto(row) for row in request.rows]
+            result = await importer.import_batch(
+                totals.import_id, request.batch_number, rows, frozenset(request.core_fields), registry
+            )
+            totals.add(result)
+        totals.errors.sort(key=lambda e: (e.row_number, e.column))
+        return profile_service_pb2.ImportCustomersResponse(
+            import_id=totals.import_id, imported=totals.imported, failed=totals.failed, batches=totals.batches,
+            batches_skipped=totals.batches_skipped, errors=[_row_error_to_proto(e) for e in totals.errors],
+            errors_truncated=totals.errors_truncated,
+        )
+
+    async def GetImport(self, request: profile_service_pb2.GetImportRequest,
+                        context: grpc.aio.ServicerContext) -> profile_service_pb2.GetImportResponse:
+        if not _IMPORT_ID.match(request.import_id):
+            raise InvalidArgument.field("import_id", "is required: 1-128 letters, digits, '.', '_', ':' or '-'",
+                                        reason="INVALID_IMPORT_ID")
+        status = await self.importer.status(request.import_id)
+        if status is None:
+            raise NotFound("import", f"imports/{request.import_id}")
+        return profile_service_pb2.GetImportResponse(
+            import_id=status.import_id, committed_batches=status.committed_batches, imported=status.imported,
+            failed=status.failed,
+        )
+
+
+class ProfileHandlers(ProfileRegistryHandlers, profile_service_pb2_grpc.ProfileServiceServicer):
     def __init__(self, service: ProfileService) -> None:
         self.service = service
 

@@ -9,9 +9,19 @@ from services.platform.errors import Aborted, AlreadyExists, NotFound
 from services.platform.idempotency import Codec, IdempotencyKey, run_idempotent
 from services.profile.db import IdempotencyKey as IdempotencyKeyRow
 from services.profile.db import ProfileUnitOfWork
-from services.profile.domain import Customer, CustomerPage, customer_from_json, customer_to_json
+from services.profile.domain import (
+    AttributeSpec,
+    Customer,
+    CustomerPage,
+    customer_from_json,
+    customer_to_json,
+    specs_from_json,
+    specs_to_json,
+)
+from services.profile.registry import Registry, check_definitions
 
 CUSTOMER_CODEC = Codec(encode=customer_to_json, decode=customer_from_json)
+SPECS_CODEC = Codec(encode=specs_to_json, decode=specs_from_json)
 
 
 def _name(customer_id: str) -> str:
@@ -38,9 +48,11 @@ class ProfileService:
 
     async def create_customer(self, customer: Customer, key: IdempotencyKey | None) -> Customer:
         async def create(uow: ProfileUnitOfWork) -> Customer:
+            registry = Registry(await uow.attributes.all())
+            checked = dataclasses.replace(customer, attributes=registry.check_or_raise(customer.attributes))
             if await uow.customers.get(customer.customer_id) is not None:
                 raise AlreadyExists("customer", _name(customer.customer_id))
-            return await uow.customers.add(customer)
+            return await uow.customers.add(checked)
 
         return await run_idempotent(self.uow_factory, IdempotencyKeyRow, key, CUSTOMER_CODEC, create)
 
@@ -53,7 +65,12 @@ class ProfileService:
                 raise NotFound("customer", _name(changes.customer_id))
             if expected_etag and expected_etag != current.etag:
                 raise Aborted("ETAG_MISMATCH", "the customer changed since it was read; read it again and retry")
-            updated = apply_mask(current, changes, paths)
+            registry = Registry(await uow.attributes.all())
+            # Only the attributes this update sets are checked: values stored before the registry stay.
+            changed = {n: a for n, a in changes.attributes.items()
+                       if "attributes" in paths or f"attributes.{n}" in paths}
+            checked = registry.check_or_raise(changed)
+            updated = apply_mask(current, dataclasses.replace(changes, attributes=checked), paths)
             return await uow.customers.save(updated)
 
         return await run_idempotent(self.uow_factory, IdempotencyKeyRow, key, CUSTOMER_CODEC, update)
@@ -69,6 +86,30 @@ class ProfileService:
             return Customer(customer_id=customer_id)
 
         await run_idempotent(self.uow_factory, IdempotencyKeyRow, key, CUSTOMER_CODEC, delete)
+
+
+    # -- attribute registry --
+
+    async def upsert_attributes(self, specs: list[AttributeSpec], key: IdempotencyKey | None) -> list[AttributeSpec]:
+        check_definitions(specs)
+
+        async def upsert(uow: ProfileUnitOfWork) -> list[AttributeSpec]:
+            return await uow.attributes.upsert(specs)
+
+        return await run_idempotent(self.uow_factory, IdempotencyKeyRow, key, SPECS_CODEC, upsert)
+
+    async def list_attributes(
+        self, *, after_name: str | None, page_size: int
+    ) -> tuple[list[AttributeSpec], str | None]:
+        async with self.uow_factory() as uow:
+            rows = await uow.attributes.list_page(after_name=after_name, limit=page_size + 1)
+        more = len(rows) > page_size
+        rows = rows[:page_size]
+        return rows, (rows[-1].name if more and rows else None)
+
+    async def registry(self) -> Registry:
+        async with self.uow_factory() as uow:
+            return Registry(await uow.attributes.all())
 
 
 def apply_mask(current: Customer, changes: Customer, paths: list[str]) -> Customer:
