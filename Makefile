@@ -7,13 +7,14 @@ SETUP_STAMP := $(VENV)/.setup-stamp
 PROTO_FILES := $(shell find protos -name '*.proto')
 GEN_STAMP := gen/.stamp
 
-.PHONY: setup protos run test test-fast lint bench clean help
+.PHONY: setup protos run test test-fast lint bench bench-full clean help
 
 help:
 	@echo "make run    - start all four services with a demo bank (Ctrl-C stops)"
 	@echo "make test   - generate code and run the whole test suite"
 	@echo "make lint   - buf lint + buf breaking, ruff, mypy, bandit"
-	@echo "make bench  - run the benchmarks at small scale"
+	@echo "make bench  - run the benchmarks at small scale (a few minutes)"
+	@echo "make bench-full - run the benchmarks at full scale"
 
 setup: $(SETUP_STAMP) $(GEN_STAMP)
 
@@ -50,6 +51,9 @@ lint: setup
 
 bench: setup
 	$(PY) -m bench.run_all --scale small
+
+bench-full: setup
+	$(PY) -m bench.run_all --scale full
 
 clean:
 	rm -rf gen var .pytest_cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -36,6 +37,8 @@ from services.platform.telemetry import (
     ATTR_OFFERS_CONSIDERED,
     ATTR_OFFERS_RANKED,
     ATTR_POLICY_VERSION,
+    ServiceMetrics,
+    service_metrics,
 )
 
 log = logging.getLogger("lodestar.campaign")
@@ -54,11 +57,13 @@ class Screener(Protocol):
 
 class CampaignService:
     def __init__(self, uow_factory: Callable[[], CampaignUnitOfWork], profile: CustomerSource,
-                 risk: Screener, model: HeuristicPropensityModel | None = None) -> None:
+                 risk: Screener, model: HeuristicPropensityModel | None = None,
+                 metrics: ServiceMetrics | None = None) -> None:
         self.uow_factory = uow_factory
         self.profile = profile
         self.risk = risk
         self.model = model or HeuristicPropensityModel()
+        self.metrics = metrics or service_metrics()
 
     # --- offers -------------------------------------------------------------------------------------------
 
@@ -123,6 +128,7 @@ class CampaignService:
         eligible: list[RankedOffer] = []
         suppressed: list[SuppressedOffer] = []
         candidates: list[dict[str, object]] = []
+        scoring_seconds, scored = 0.0, False
         for offer in offers:
             verdict = screen.verdicts.get(offer.offer_id)
             record: dict[str, object] = {"offer_id": offer.offer_id}
@@ -135,7 +141,10 @@ class CampaignService:
                 record.update(verdict=verdict.verdict if verdict else "MISSING", reasons=list(codes))
                 candidates.append(record)
                 continue
+            scoring_started = time.perf_counter()
             propensity = self.model.score(customer, offer, context.decision_time.date())
+            scoring_seconds += time.perf_counter() - scoring_started
+            scored = True
             value = propensity * offer.conversion_value - offer.contact_cost
             record.update(verdict="ALLOW", propensity=round(propensity, 6), conversion_value=offer.conversion_value,
                           contact_cost=offer.contact_cost, expected_value=round(value, 6))
@@ -149,6 +158,8 @@ class CampaignService:
                 Reason("EXPECTED_VALUE", f"expected value {value:.2f} = {propensity:.3f} x "
                                          f"{offer.conversion_value:.2f} - {offer.contact_cost:.2f}"),
             ]))
+        if scored:
+            self.metrics.record_scoring(scoring_seconds * 1000, self.model.version)
         eligible.sort(key=lambda r: (-r.expected_value, r.offer.offer_id))
         for rank, item in enumerate(eligible[:max_offers], start=1):
             item.rank = rank

@@ -1,9 +1,10 @@
-"""The server interceptor every service runs: request context, access log, error mapping.
+"""The server interceptor every service runs: request context, access log, RPC metrics, error mapping.
 
 It sits inside the OpenTelemetry interceptor, so the access log and any error log carry the server span's
 trace id. Domain errors become canonical status codes with ErrorInfo; infrastructure failures become
 UNAVAILABLE or DEADLINE_EXCEEDED; anything else is INTERNAL with a generic message and a logged stack trace.
-An exception never reaches gRPC as UNKNOWN.
+An exception never reaches gRPC as UNKNOWN. Every RPC but health checks and reflection is counted, by method
+and status code, and its latency recorded (`ServiceMetrics.record_rpc`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from opentelemetry import trace
 
 from services.platform.context import RequestContext, reset_current_request, set_current_request
 from services.platform.errors import Internal, from_infrastructure, to_status_proto
-from services.platform.telemetry import ATTR_ERROR_REASON
+from services.platform.telemetry import ATTR_ERROR_REASON, ServiceMetrics
 
 log = logging.getLogger("lodestar.access")
 
@@ -35,8 +36,9 @@ class _Outcome:
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, error_domain: str) -> None:
+    def __init__(self, error_domain: str, metrics: ServiceMetrics | None = None) -> None:
         self.error_domain = error_domain
+        self.metrics = metrics
 
     async def intercept_service(
         self,
@@ -91,7 +93,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         await context.abort(status.code, status.details, status.trailing_metadata)
 
     def _log(self, method: str, started: float, outcome: _Outcome) -> None:
-        level = logging.DEBUG if method.startswith(_QUIET_PREFIXES) else logging.INFO
+        duration_ms = (time.perf_counter() - started) * 1000
+        quiet = method.startswith(_QUIET_PREFIXES)
+        if self.metrics is not None and not quiet:
+            self.metrics.record_rpc(method, outcome.code.name, duration_ms)
+        level = logging.DEBUG if quiet else logging.INFO
         if outcome.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
             level = logging.ERROR
         log.log(
@@ -103,7 +109,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 "rpc_method": method,
                 "grpc_code": outcome.code.name,
                 "error_reason": outcome.reason,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                "duration_ms": round(duration_ms, 3),
             },
         )
 

@@ -23,7 +23,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry import metrics as otel_metrics
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+from opentelemetry.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 
 from services.platform import migrations
@@ -31,7 +33,13 @@ from services.platform.config import ConfigError, ServiceSettings
 from services.platform.db import Database
 from services.platform.interceptors import ServiceInterceptor
 from services.platform.logs import configure_logging
-from services.platform.telemetry import create_tracer_provider, instrument_engine
+from services.platform.telemetry import (
+    MeterSetup,
+    ServiceMetrics,
+    create_meter_provider,
+    create_tracer_provider,
+    instrument_engine,
+)
 
 log = logging.getLogger("lodestar.server")
 
@@ -55,6 +63,8 @@ class Runtime:
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # Free-form slots a service may use to expose its objects to tests (e.g. its service layer).
     components: dict[str, Any] = field(default_factory=dict)
+    # The platform's metric instruments on this service's MeterProvider (telemetry.METRICS lists them).
+    metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
 
 
 @dataclass(frozen=True)
@@ -139,7 +149,10 @@ class RunningService:
 
 
 async def start_service(definition: ServiceDefinition, settings: ServiceSettings,
-                        tracer_provider: TracerProvider) -> RunningService:
+                        tracer_provider: TracerProvider, meter_provider: MeterProvider | None = None
+                        ) -> RunningService:
+    """`meter_provider` defaults to the global one (what `main` sets; a no-op provider until then)."""
+    metrics = ServiceMetrics(meter_provider)
     database = Database.from_url(settings.database_url)
     instrument_engine(database.engine, tracer_provider)
     if settings.auto_migrate:
@@ -147,7 +160,7 @@ async def start_service(definition: ServiceDefinition, settings: ServiceSettings
     server = grpc.aio.server(
         interceptors=[
             aio_server_interceptor(tracer_provider=tracer_provider, filter_=filters.negate(filters.health_check())),
-            ServiceInterceptor(error_domain=f"lodestar.{definition.name}"),
+            ServiceInterceptor(error_domain=f"lodestar.{definition.name}", metrics=metrics),
         ],
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 * 1024 * 1024)],
     )
@@ -161,7 +174,7 @@ async def start_service(definition: ServiceDefinition, settings: ServiceSettings
          reflection.SERVICE_NAME),
         server,
     )
-    runtime = Runtime(settings=settings, database=database, tracer_provider=tracer_provider)
+    runtime = Runtime(settings=settings, database=database, tracer_provider=tracer_provider, metrics=metrics)
     await definition.register(server, runtime)
     try:
         port = server.add_insecure_port(settings.listen_address)
@@ -184,12 +197,13 @@ def _write_port_file(path: str, port: int) -> None:
     tmp.replace(path)  # atomic: a reader never sees a half-written port
 
 
-async def _serve(definition: ServiceDefinition, settings: ServiceSettings, provider: TracerProvider) -> None:
+async def _serve(definition: ServiceDefinition, settings: ServiceSettings, provider: TracerProvider,
+                 meter_provider: MeterProvider | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    running = await start_service(definition, settings, provider)
+    running = await start_service(definition, settings, provider, meter_provider)
     await stop.wait()
     log.info("shutting down", extra={"drain_seconds": settings.drain_seconds,
                                      "grace_seconds": settings.shutdown_grace_seconds})
@@ -212,12 +226,24 @@ def main(definition: ServiceDefinition, argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         migrations.upgrade(settings.database_url, definition.migrations)
         log.info("migrated to head")
+        provider.shutdown()
         return 0
     try:
-        asyncio.run(_serve(definition, settings, provider))
+        meters: MeterSetup = create_meter_provider(definition.name)
+    except ConfigError as error:
+        print(f"{definition.name}: configuration error: {error}", file=sys.stderr)
+        provider.shutdown()
+        return 2
+    # Global too, so code that records through telemetry.service_metrics() reaches the same exporters.
+    otel_metrics.set_meter_provider(meters.provider)
+    if meters.prometheus is not None:
+        log.info("metrics endpoint", extra={"port": meters.prometheus.port, "host": meters.prometheus.host})
+    try:
+        asyncio.run(_serve(definition, settings, provider, meters.provider))
     except StartupError as error:
         log.error("cannot start: %s", error)
         return 1
     finally:
+        meters.shutdown()  # stops the Prometheus endpoint, flushes the periodic metric readers
         provider.shutdown()  # flushes the batch span processors
     return 0

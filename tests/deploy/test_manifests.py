@@ -57,6 +57,10 @@ DEFAULT_DRAIN_SECONDS = 2
 DEFAULT_SHUTDOWN_GRACE_SECONDS = 10
 COLLECTOR = "otel-collector"
 OTLP_GRPC_PORT = 4317
+# Prometheus scrape endpoint (PROMETHEUS_PORT) of every service, scraped from this namespace only.
+METRICS_PORT = 9464
+MONITORING_NAMESPACE = "monitoring"
+SCRAPER = f'ns:{{"matchLabels": {{"kubernetes.io/metadata.name": "{MONITORING_NAMESPACE}"}}}}/pods:{{}}'
 POSTGRES_PORT = 5432
 PLACEHOLDER_DB_CIDR = "192.0.2.0/24"  # the component's documentation-range placeholder
 LABEL_NAME = "app.kubernetes.io/name"
@@ -352,6 +356,29 @@ def test_grpc_port_probes_and_service(objs):
         assert resolved == port, f"Service/{svc}: targetPort {target!r} resolves to {resolved}"
 
 
+def test_metrics_port_and_scrape_annotations(objs):
+    """Where PROMETHEUS_PORT is set, the container names that port `metrics` and the pod carries the scrape
+    annotations for it; where it is not, neither exists (no scrape of a port nobody serves)."""
+    deployments = [d for d in of_kind(objs, "Deployment") if d["metadata"]["name"] in SERVICES]
+    assert len(deployments) == len(SERVICES)
+    for dep in of_kind(objs, "Deployment"):
+        (c,) = pod_spec(dep)["containers"]
+        env = effective_env(objs, c)
+        annotations = dep["spec"]["template"]["metadata"].get("annotations") or {}
+        name = dep["metadata"]["name"]
+        if "PROMETHEUS_PORT" not in env:
+            assert name not in SERVICES, f"{name}: PROMETHEUS_PORT not set"
+            assert "prometheus.io/scrape" not in annotations, f"{name}: scraped without PROMETHEUS_PORT"
+            continue
+        kind, value = env["PROMETHEUS_PORT"]
+        assert kind == "value" and int(value) == METRICS_PORT, f"{name}: PROMETHEUS_PORT"
+        assert named_port(c, "metrics") == int(value), f"{name}: metrics containerPort"
+        assert named_port(c, "metrics") != named_port(c, "grpc")
+        assert annotations.get("prometheus.io/scrape") == "true", f"{name}: scrape annotation"
+        assert annotations.get("prometheus.io/port") == value, f"{name}: scrape port annotation"
+        assert annotations.get("prometheus.io/path") == "/metrics", f"{name}: scrape path annotation"
+
+
 def test_selectors_agree(objs):
     for svc in SERVICES:
         dep = get(objs, "Deployment", svc)
@@ -396,6 +423,8 @@ def test_runtime_environment_contract(objs):
             kind, addr = env.get(var, (None, ""))
             assert kind == "value", f"{svc}: {var} missing"
             resolve_target(objs, addr, SERVICES[dep])
+        exporters = env.get("OTEL_METRICS_EXPORTER", (None, ""))
+        assert exporters[0] == "value" and set(exporters[1].split(",")) == {"otlp", "prometheus"}, svc
         stray = {k for k in env if k.endswith("_SERVICE_ADDR")} - set(DEPENDENCY_ENV[svc])
         assert not stray, f"{svc}: addresses outside the call graph: {stray}"
         if svc == "gateway":
@@ -456,8 +485,10 @@ def test_collector_is_present_and_reachable(objs):
     cfg = yaml.safe_load(get(objs, "ConfigMap", "otel-collector-config")["data"]["config.yaml"])
     protocols = cfg["receivers"]["otlp"]["protocols"]
     assert protocols["grpc"]["endpoint"].endswith(":4317") and protocols["http"]["endpoint"].endswith(":4318")
-    exporters = cfg["service"]["pipelines"]["traces"]["exporters"]
-    assert exporters and all(e in cfg["exporters"] for e in exporters)
+    for signal in ("traces", "metrics"):  # the services export both over OTLP
+        pipeline = cfg["service"]["pipelines"][signal]
+        assert pipeline["receivers"] == ["otlp"], signal
+        assert pipeline["exporters"] and all(e in cfg["exporters"] for e in pipeline["exporters"]), signal
 
 
 # ----------------------------------------------------------------------------- per overlay
@@ -745,7 +776,7 @@ def test_network_policies_allow_exactly_the_call_graph(prod):
     gateway = ("Deployment/gateway", f"{SERVICES['gateway']}/TCP")
     expected_ingress = {(ANY, *gateway)} | {
         e for e in expected if e[1].startswith("Deployment/") and e[0] != EXTERNAL and e[1:] != gateway
-    }
+    } | {(SCRAPER, f"Deployment/{svc}", f"{METRICS_PORT}/TCP") for svc in SERVICES}
     ingress_only = graph.ingress_edges()
     extra, missing = sorted(ingress_only - expected_ingress), sorted(expected_ingress - ingress_only)
     assert not extra and not missing, f"ingress: extra {extra}, missing {missing}"
