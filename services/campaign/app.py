@@ -29,10 +29,11 @@ async def register(server: grpc.aio.Server, runtime: Runtime) -> None:
     profile = ProfileClient(deps["profile"], tracer_provider=runtime.tracer_provider, default_timeout=1.0)
     risk = RiskClient(deps["risk"], tracer_provider=runtime.tracer_provider, default_timeout=1.0)
     runtime.closers += [profile.close, risk.close]
-    service = CampaignService(lambda: CampaignUnitOfWork(runtime.database), profile, risk)
+    learning = LearningService(lambda: CampaignUnitOfWork(runtime.database), profile)
+    service = CampaignService(lambda: CampaignUnitOfWork(runtime.database), profile, risk,
+                              metrics=runtime.metrics, champions=learning)
     lifecycle = CampaignLifecycle(lambda: CampaignUnitOfWork(runtime.database), content=risk)
     runtime.components["service"] = service
-    learning = LearningService(lambda: CampaignUnitOfWork(runtime.database), profile)
     runtime.components["lifecycle"] = lifecycle
     runtime.components["learning"] = learning
     campaign_service_pb2_grpc.add_CampaignServiceServicer_to_server(CampaignHandlers(service, lifecycle, learning),

@@ -7,6 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -27,6 +28,7 @@ from services.campaign.domain import (
     offer_from_json,
     offer_to_json,
 )
+from services.campaign.modeling import Example, TrainedModel, build_frame
 from services.campaign.scoring import HeuristicPropensityModel
 from services.platform.errors import AlreadyExists, NotFound
 from services.platform.idempotency import Codec, IdempotencyKey, run_idempotent
@@ -55,15 +57,30 @@ class Screener(Protocol):
                      contact_time: datetime) -> ScreenResult: ...
 
 
+class ChampionSource(Protocol):
+    async def champion(self, offer_id: str, kind: str = "propensity") -> tuple[TrainedModel, str] | None: ...
+
+
+@dataclass(frozen=True)
+class OfferScore:
+    """The probability that drives an offer's value: P(convert | contact) for a propensity model, the
+    incremental probability for an uplift model; and which model gave it."""
+
+    probability: float
+    model_version: str
+    basis: str  # "uplift" | "propensity"
+
+
 class CampaignService:
     def __init__(self, uow_factory: Callable[[], CampaignUnitOfWork], profile: CustomerSource,
                  risk: Screener, model: HeuristicPropensityModel | None = None,
-                 metrics: ServiceMetrics | None = None) -> None:
+                 metrics: ServiceMetrics | None = None, champions: ChampionSource | None = None) -> None:
         self.uow_factory = uow_factory
         self.profile = profile
         self.risk = risk
         self.model = model or HeuristicPropensityModel()
         self.metrics = metrics or service_metrics()
+        self.champions = champions
 
     # --- offers -------------------------------------------------------------------------------------------
 
@@ -103,10 +120,13 @@ class CampaignService:
         customer, offers = await asyncio.gather(self.profile.get_customer(customer_id), active_offers())
         screen = (await self.risk.screen(customer, offers, context.channel, context.decision_time)
                   if offers else ScreenResult({}, ""))
-        ranked, suppressed, candidates = self._rank(customer, offers, screen, context, max_offers)
+        allowed = [o for o in offers if (v := screen.verdicts.get(o.offer_id)) is not None and v.verdict == "ALLOW"]
+        scores = await self._score(customer, allowed, context)
+        ranked, suppressed, candidates = self._rank(offers, screen, scores, max_offers)
         decision = Decision(
             decision_id=uuid.uuid4().hex, offers=ranked, suppressed=suppressed,
-            policy_version=screen.policy_version, model_version=self.model.version,
+            policy_version=screen.policy_version,
+            model_version=",".join(sorted({s.model_version for s in scores.values()})) or self.model.version,
         )
         async with self.uow_factory() as uow:
             uow.decisions.add(DecisionRow(
@@ -122,13 +142,38 @@ class CampaignService:
         span.set_attribute(ATTR_MODEL_VERSION, decision.model_version)
         return decision
 
-    def _rank(self, customer: CustomerSnapshot, offers: list[Offer], screen: ScreenResult,
-              context: DecisionContext, max_offers: int
+    async def _score(self, customer: CustomerSnapshot, offers: list[Offer],
+                     context: DecisionContext) -> dict[str, OfferScore]:
+        """Per offer: its champion uplift model, else its champion propensity model, else the heuristic."""
+        scores: dict[str, OfferScore] = {}
+        started = time.perf_counter()
+        for offer in offers:
+            champion = None
+            if self.champions is not None:
+                champion = await self.champions.champion(offer.offer_id, "uplift")
+                basis = "uplift"
+                if champion is None:
+                    champion = await self.champions.champion(offer.offer_id, "propensity")
+                    basis = "propensity"
+            if champion is not None:
+                trained, version = champion
+                frame = build_frame([Example(customer.attributes, customer.birth_date, customer.region,
+                                             context.decision_time, {})], trained.spec)
+                probability = float(trained.score(frame)[0])
+                scores[offer.offer_id] = OfferScore(probability, version, basis)
+            else:
+                probability = self.model.score(customer, offer, context.decision_time.date())
+                scores[offer.offer_id] = OfferScore(probability, self.model.version, "propensity")
+        if scores:
+            self.metrics.record_scoring((time.perf_counter() - started) * 1000,
+                                        ",".join(sorted({s.model_version for s in scores.values()})))
+        return scores
+
+    def _rank(self, offers: list[Offer], screen: ScreenResult, scores: dict[str, OfferScore], max_offers: int
               ) -> tuple[list[RankedOffer], list[SuppressedOffer], list[dict[str, object]]]:
         eligible: list[RankedOffer] = []
         suppressed: list[SuppressedOffer] = []
         candidates: list[dict[str, object]] = []
-        scoring_seconds, scored = 0.0, False
         for offer in offers:
             verdict = screen.verdicts.get(offer.offer_id)
             record: dict[str, object] = {"offer_id": offer.offer_id}
@@ -141,25 +186,24 @@ class CampaignService:
                 record.update(verdict=verdict.verdict if verdict else "MISSING", reasons=list(codes))
                 candidates.append(record)
                 continue
-            scoring_started = time.perf_counter()
-            propensity = self.model.score(customer, offer, context.decision_time.date())
-            scoring_seconds += time.perf_counter() - scoring_started
-            scored = True
+            score = scores[offer.offer_id]
+            propensity = score.probability
             value = propensity * offer.conversion_value - offer.contact_cost
             record.update(verdict="ALLOW", propensity=round(propensity, 6), conversion_value=offer.conversion_value,
-                          contact_cost=offer.contact_cost, expected_value=round(value, 6))
+                          contact_cost=offer.contact_cost, expected_value=round(value, 6),
+                          model_version=score.model_version, basis=score.basis)
             candidates.append(record)
             if value <= 0:
                 suppressed.append(SuppressedOffer(offer.offer_id, [
                     Reason("NEGATIVE_EXPECTED_VALUE", "the expected value does not cover the contact cost")]))
                 continue
+            code, what = (("EXPECTED_INCREMENTAL_VALUE", "incremental probability") if score.basis == "uplift"
+                          else ("EXPECTED_VALUE", "propensity"))
             eligible.append(RankedOffer(offer, 0, propensity, value, [
                 Reason("ELIGIBLE", "passed risk screening"),
-                Reason("EXPECTED_VALUE", f"expected value {value:.2f} = {propensity:.3f} x "
-                                         f"{offer.conversion_value:.2f} - {offer.contact_cost:.2f}"),
+                Reason(code, f"expected value {value:.2f} = {what} {propensity:.3f} ({score.model_version}) x "
+                             f"{offer.conversion_value:.2f} - {offer.contact_cost:.2f}"),
             ]))
-        if scored:
-            self.metrics.record_scoring(scoring_seconds * 1000, self.model.version)
         eligible.sort(key=lambda r: (-r.expected_value, r.offer.offer_id))
         for rank, item in enumerate(eligible[:max_offers], start=1):
             item.rank = rank

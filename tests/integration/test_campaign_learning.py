@@ -15,6 +15,8 @@ from lodestar.common.v1 import common_pb2 as c
 from lodestar.profile.v1 import customer_pb2
 from lodestar.profile.v1 import profile_service_pb2 as ppb
 from lodestar.profile.v1 import profile_service_pb2_grpc as ppbg
+from lodestar.risk.v1 import risk_service_pb2_grpc as rpbg
+from lodestar.risk.v1 import screening_pb2 as spb
 from services.campaign import modeling
 from services.campaign.app import DEFINITION as CAMPAIGN
 from services.campaign.db import HistoryRow
@@ -54,11 +56,21 @@ def synthetic_bank(seed=3):
     return customers, records
 
 
+class AllowAll(rpbg.RiskServiceServicer):
+    async def Screen(self, request, context):
+        return spb.ScreenResponse(policy_version="allow-all", verdicts=[
+            spb.OfferVerdict(offer_id=o.offer_id, verdict=spb.VERDICT_ALLOW) for o in request.offers])
+
+
 @pytest.fixture
 async def env(start, monkeypatch):
     monkeypatch.setattr(modeling, "ROUNDS", 60)  # small data: fewer rounds keep the test quick
     profile = await start(PROFILE)
-    campaign = await start(CAMPAIGN, PROFILE_SERVICE_ADDR=profile.address, RISK_SERVICE_ADDR="127.0.0.1:1")
+    risk = grpc.aio.server()
+    rpbg.add_RiskServiceServicer_to_server(AllowAll(), risk)
+    risk_port = risk.add_insecure_port("127.0.0.1:0")
+    await risk.start()
+    campaign = await start(CAMPAIGN, PROFILE_SERVICE_ADDR=profile.address, RISK_SERVICE_ADDR=f"127.0.0.1:{risk_port}")
     pch, cch = grpc.aio.insecure_channel(profile.address), grpc.aio.insecure_channel(campaign.address)
     stub = pbg.CampaignServiceStub(cch)
     customers, records = synthetic_bank()
@@ -71,6 +83,7 @@ async def env(start, monkeypatch):
     yield {"campaign": campaign, "stub": stub, "records": records}
     await pch.close()
     await cch.close()
+    await risk.stop(0)
 
 
 async def import_history(stub, records, batch=100, prefix="b"):
@@ -169,3 +182,22 @@ async def test_training_errors(env):
         name="models/propensity-deposit/versions/7")), grpc.StatusCode.NOT_FOUND, "MODEL_VERSION_NOT_FOUND")
     await expect_error(stub.ScoreCustomers(pb.ScoreCustomersRequest(model="models/x")),
                        grpc.StatusCode.INVALID_ARGUMENT, "OUT_OF_RANGE")
+
+
+async def test_decide_uses_the_champion_once_promoted(env):
+    stub = env["stub"]
+    before = await stub.Decide(pb.DecideRequest(customer_id="h-0001"))
+    assert before.model_version == "heuristic-v1"
+    await import_history(stub, env["records"])
+    trained = (await stub.TrainModel(pb.TrainModelRequest(kind=model_pb2.MODEL_KIND_PROPENSITY, offer_id="deposit",
+                                                          folds=3))).model_version
+    still = await stub.Decide(pb.DecideRequest(customer_id="h-0001"))
+    assert still.model_version == "heuristic-v1"  # a challenger is never used
+    await stub.PromoteModelVersion(pb.PromoteModelVersionRequest(name=trained.name))
+    after = await stub.Decide(pb.DecideRequest(customer_id="h-0001"))
+    assert after.model_version == trained.name
+    [offer] = after.offers
+    scored = await stub.ScoreCustomers(pb.ScoreCustomersRequest(model="models/propensity-deposit",
+                                                                customer_ids=["h-0001"]))
+    assert offer.propensity == pytest.approx(scored.scores[0].score, abs=0.05)  # same model, same customer
+    assert any(trained.name in r.message for r in offer.reasons if r.code == "EXPECTED_VALUE")

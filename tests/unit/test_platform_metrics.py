@@ -6,7 +6,7 @@ import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from lodestar.common.v1 import common_pb2 as c
-from services.campaign.domain import CustomerSnapshot, DecisionContext, Offer, ScreenResult, Verdict
+from services.campaign.domain import CustomerSnapshot, DecisionContext, Offer
 from services.campaign.service import CampaignService
 from services.platform.config import ConfigError
 from services.platform.telemetry import (
@@ -121,16 +121,14 @@ def test_no_exporter_configured_means_no_readers():
     setup.shutdown()
 
 
-def test_campaign_records_scoring_latency_once_per_decision(reader_and_metrics):
+async def test_campaign_records_scoring_latency_once_per_decision(reader_and_metrics):
     reader, metrics = reader_and_metrics
     service = CampaignService(lambda: None, None, None, metrics=metrics)  # type: ignore[arg-type]
     customer = CustomerSnapshot("c-1", date(1988, 4, 2), "CN-31", "Asia/Shanghai", {"income": "15000"})
     offers = [Offer(f"o-{i}", f"O{i}", c.PRODUCT_TYPE_DEPOSIT, c.PRODUCT_RISK_LEVEL_R1, 100.0, 1.0) for i in range(3)]
-    screen = ScreenResult({"o-0": Verdict("o-0", "ALLOW", ()), "o-1": Verdict("o-1", "ALLOW", ()),
-                           "o-2": Verdict("o-2", "DENY", ("NO_CONSENT",))}, "p-1")
     context = DecisionContext(c.CHANNEL_SMS, "", "", datetime(2026, 6, 1, 12, tzinfo=UTC))
-    service._rank(customer, offers, screen, context, 3)
-    service._rank(customer, offers[2:], screen, context, 3)  # nothing scored: nothing recorded
+    await service._score(customer, offers[:2], context)  # the two offers risk allowed: one measurement
+    await service._score(customer, [], context)  # nothing scored: nothing recorded
     [scoring] = points(reader, METRIC_SCORING_DURATION)
     assert scoring.count == 1
     assert dict(scoring.attributes) == {"lodestar.campaign.model_version": service.model.version}
