@@ -26,7 +26,7 @@ import yaml
 from lodestar.profile.v1 import customer_pb2, profile_service_pb2, profile_service_pb2_grpc
 from lodestar_cli.main import CliError, Context
 from services.profile.domain import AttributeSpec
-from services.profile.registry import ColumnMapping, coerce_text, infer_schema, parse_schema
+from services.profile.registry import ColumnMapping, coerce_column, coerce_text, infer_schema, parse_schema
 
 DEFAULT_BATCH_SIZE = 5000
 MAX_BATCH_SIZE = 10_000
@@ -166,6 +166,35 @@ def build_rows(chunk: dict[str, list[str]], first_row: int, id_column: str | Non
     return rows
 
 
+_CELLS_FIELD = {"string": "string_values", "int": "int_values", "decimal": "decimal_values", "bool": "bool_values",
+                "date": "date_values"}
+
+
+def build_columns(chunk: dict[str, list[str]], first_row: int, id_column: str | None, id_prefix: str,
+                  mappings: Sequence[ColumnMapping],
+                  batch: customer_pb2.ImportColumns | None = None) -> customer_pb2.ImportColumns:
+    """One chunk as a columnar batch (ImportColumns): the same content as build_rows, a column at a time. Empty
+    cells are `missing`; a cell that does not parse as its type is sent as a string exception, which the service
+    rejects with its row number and column."""
+    n = len(next(iter(chunk.values()), []))
+    ids = chunk[id_column] if id_column else [f"{id_prefix}-{first_row + i}" for i in range(n)]
+    batch = customer_pb2.ImportColumns() if batch is None else batch
+    batch.row_numbers.extend(range(first_row, first_row + n))
+    batch.customer_ids.extend(ids)
+    for m in mappings:
+        if m.core and m.name != "customer_id":
+            batch.core_columns.add(name=m.name).string_values.values.extend(chunk[m.column])
+    for m in sorted((m for m in mappings if m.spec is not None), key=lambda m: m.name):
+        assert m.spec is not None
+        kind, values, missing, exceptions = coerce_column(m.spec.type, chunk[m.column])
+        column = batch.attributes.add(name=m.name, missing=missing)
+        getattr(column, _CELLS_FIELD[kind]).values.extend(values)
+        for index, attribute in exceptions.items():
+            cell = column.exceptions.add(index=index)
+            setattr(cell.value, _VALUE_FIELD[attribute.kind], attribute.value)
+    return batch
+
+
 def _progress_bar(ctx: Context, total: int) -> Any:
     from tqdm import tqdm
 
@@ -253,13 +282,11 @@ def cmd_import_customers(ctx: Context) -> int:
             first_row = 1
             for number, chunk in enumerate(read_chunks(path, parquet, sep, args.batch_size)):
                 size = len(next(iter(chunk.values()), []))
-                if number in committed:
-                    rows: list[customer_pb2.ImportRow] = []  # already committed: only its outcome is replayed
-                else:
-                    rows = build_rows(chunk, first_row, id_column, f"r{file_hash[:12]}", mappings)
-                yield profile_service_pb2.ImportCustomersRequest(
-                    import_id=import_id, batch_number=number, rows=rows, core_fields=core_fields
-                )
+                request = profile_service_pb2.ImportCustomersRequest(
+                    import_id=import_id, batch_number=number, core_fields=core_fields)
+                if number not in committed:  # a committed batch is sent empty: only its outcome is replayed
+                    build_columns(chunk, first_row, id_column, f"r{file_hash[:12]}", mappings, request.columns)
+                yield request
                 bar.update(size)
                 first_row += size
 

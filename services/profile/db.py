@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
+from itertools import repeat
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Date, Integer, String, cast, delete, func, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import JSON, BigInteger, Boolean, Date, Integer, String, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -182,7 +184,7 @@ CUSTOMER_COLUMNS = ("full_name", "email", "phone", "birth_date", "region", "time
 
 
 class ImportRepository:
-    """Bulk writes of an import: one executemany of a dialect `INSERT ... ON CONFLICT DO UPDATE` per batch."""
+    """Bulk writes of an import: one DBAPI executemany of a dialect `INSERT ... ON CONFLICT DO UPDATE` per batch."""
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -212,28 +214,58 @@ class ImportRepository:
             return None
         return ImportStatus(import_id, [r[0] for r in rows], sum(r[1] for r in rows), sum(r[2] for r in rows))
 
-    async def upsert_customers(self, rows: list[dict[str, Any]], columns: frozenset[str]) -> None:
-        """Insert or update customers by id. `rows` carry customer_id, every core column and `attributes`
-        (a dict in the stored {"name": {"t", "v"}} shape); on conflict only the core `columns` the import
-        carries are overwritten and the attributes are merged into the existing ones (the import's win)."""
-        if not rows:
+    async def upsert_customers(
+        self, customer_ids: Sequence[str], core: Mapping[str, Sequence[Any]], attributes_json: Sequence[str],
+        now: datetime, columns: frozenset[str],
+    ) -> None:
+        """Insert or update customers by id, in one DBAPI executemany of a dialect `INSERT ... ON CONFLICT DO
+        UPDATE` with positional parameters (no per-row SQLAlchemy bind processing: this is the import's hot path).
+
+        `core` maps core columns (CUSTOMER_COLUMNS) to one value per customer (birth_date as date or None; a
+        column not given is empty); `attributes_json` is each customer's attributes as JSON text in the stored
+        {"name": {"t", "v"}} shape. On conflict only the core `columns` are overwritten, the attributes are merged
+        into the existing ones (the import's win), the version is bumped."""
+        if not customer_ids:
             return
+        connection = await self.session.connection()
+        dialect = connection.dialect
         table = Base.metadata.tables[CustomerRow.__tablename__]
-        dialect = self.session.bind.dialect.name
-        insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-        excluded = insert.excluded
-        merged: Any
-        if dialect == "postgresql":
-            merged = cast(
-                cast(table.c.attributes, postgresql.JSONB).op("||")(cast(excluded.attributes, postgresql.JSONB)),
-                JSON,
-            )
-        else:
-            merged = func.json_patch(table.c.attributes, excluded.attributes)
-        updates: dict[str, Any] = {c: excluded[c] for c in CUSTOMER_COLUMNS if c in columns}
-        updates |= {"attributes": merged, "version": table.c.version + 1, "update_time": excluded.update_time}
-        statement = insert.on_conflict_do_update(index_elements=[table.c.customer_id], set_=updates)
-        await self.session.execute(statement, rows)
+        n = len(customer_ids)
+        params: list[Iterable[Any]] = [customer_ids]
+        for name in CUSTOMER_COLUMNS:
+            values = core.get(name)
+            if values is None:
+                params.append(repeat(None if name == "birth_date" else "", n))
+            elif name == "birth_date":
+                process = table.c.birth_date.type.bind_processor(dialect)
+                params.append([v if v is None or process is None else process(v) for v in values])
+            else:
+                params.append(values)
+        stamp_processor = table.c.update_time.type.bind_processor(dialect)
+        stamp = stamp_processor(now) if stamp_processor else now
+        params += [attributes_json, repeat(1, n), repeat(stamp, n), repeat(stamp, n)]
+        await connection.exec_driver_sql(_upsert_sql(dialect.name, columns), list(zip(*params, strict=False)))
+
+
+_INSERT_COLUMNS = ("customer_id", *CUSTOMER_COLUMNS, "attributes", "version", "create_time", "update_time")
+
+
+@functools.lru_cache(maxsize=64)
+def _upsert_sql(dialect: str, columns: frozenset[str]) -> str:
+    """The import's upsert as DBAPI text (qmark for SQLite, format for psycopg); values are never in the text."""
+    postgres = dialect == "postgresql"
+    mark = "%s" if postgres else "?"
+    values = [f"CAST({mark} AS JSON)" if postgres and c == "attributes" else mark for c in _INSERT_COLUMNS]
+    sets = [f"{c} = excluded.{c}" for c in CUSTOMER_COLUMNS if c in columns]
+    if postgres:
+        sets.append("attributes = CAST(CAST(customers.attributes AS JSONB) || CAST(excluded.attributes AS JSONB)"
+                    " AS JSON)")
+    else:
+        sets.append("attributes = json_patch(customers.attributes, excluded.attributes)")
+    sets += ["version = customers.version + 1", "update_time = excluded.update_time"]
+    # Only fixed column names are interpolated (`columns` is filtered through CUSTOMER_COLUMNS).
+    return (f"INSERT INTO customers ({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join(values)}) "  # noqa: S608
+            f"ON CONFLICT (customer_id) DO UPDATE SET {', '.join(sets)}")
 
 
 class ProfileUnitOfWork(UnitOfWork):

@@ -6,6 +6,7 @@ import re
 from collections.abc import AsyncIterator
 from datetime import date
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -15,6 +16,7 @@ from services.platform import pagination
 from services.platform.errors import InvalidArgument, NotFound
 from services.platform.idempotency import key_for
 from services.platform.validation import (
+    ID_PATTERN,
     Violations,
     check_date,
     check_id,
@@ -32,7 +34,8 @@ from services.profile.domain import (
     Customer,
     RowError,
 )
-from services.profile.importer import Importer, ImportRowIn, ImportTotals
+from services.profile.importer import ColumnBatchIn, ColumnIn, Importer, ImportRowIn, ImportTotals
+from services.profile.registry import MAX_STRING_VALUE
 from services.profile.service import ProfileService
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
@@ -44,7 +47,7 @@ _ONEOF_KIND: dict[str, AttributeKind] = {
     "date_value": "date",
 }
 _KIND_FIELD = {kind: name for name, kind in _ONEOF_KIND.items()}
-MAX_STRING_ATTRIBUTE = 1000
+MAX_STRING_ATTRIBUTE = MAX_STRING_VALUE
 
 
 def _timestamp(value: object) -> timestamp_pb2.Timestamp:
@@ -177,6 +180,99 @@ def import_row_from_proto(row: customer_pb2.ImportRow) -> ImportRowIn:
     return ImportRowIn(number, customer)
 
 
+_COLUMN_KIND: dict[str, AttributeKind] = {
+    "string_values": "string", "int_values": "int", "decimal_values": "decimal", "bool_values": "bool",
+    "date_values": "date",
+}
+
+
+def _check_cell(name: str, kind: AttributeKind | None, value: object) -> tuple[list[tuple[str, str, str]],
+                                                                               Attribute | None]:
+    """One attribute cell of a columnar batch, checked exactly as the same value in a row's Customer."""
+    message = customer_pb2.Customer(customer_id="x")
+    holder = message.attributes[name]
+    if kind is not None:
+        setattr(holder, _KIND_FIELD[kind], value)
+    row = import_row_from_proto(customer_pb2.ImportRow(customer=message))
+    if row.customer is None:
+        return [(e.column, e.reason, e.description) for e in row.errors], None
+    return [], row.customer.attributes[name]
+
+
+def _columns_invalid(field: str, description: str) -> InvalidArgument:
+    return InvalidArgument.field(f"columns.{field}", description, reason="INVALID_IMPORT_COLUMNS")
+
+
+def _column_cells(column: customer_pb2.ImportColumn, field: str, n: int) -> tuple[AttributeKind, list[Any]]:
+    which = column.WhichOneof("values")
+    if which is None:
+        raise _columns_invalid(f"{field}.values", "is required")
+    values = list(getattr(column, which).values)
+    if len(values) != n:
+        raise _columns_invalid(f"{field}.values", f"must have one cell per row ({n}), has {len(values)}")
+    return _COLUMN_KIND[which], values
+
+
+def columns_from_proto(message: customer_pb2.ImportColumns) -> ColumnBatchIn:
+    """A columnar batch: its shape checked (INVALID_ARGUMENT INVALID_IMPORT_COLUMNS for the whole stream), its ids
+    and core fields checked per row (row errors, as import_row_from_proto gives them)."""
+    row_numbers = list(message.row_numbers)
+    n = len(row_numbers)
+    if n > MAX_IMPORT_ROWS:
+        raise InvalidArgument.field("columns.row_numbers", f"at most {MAX_IMPORT_ROWS} rows per batch",
+                                    reason="BATCH_TOO_LARGE")
+    ids = list(message.customer_ids)
+    if len(ids) != n:
+        raise _columns_invalid("customer_ids", f"must have one id per row ({n}), has {len(ids)}")
+    id_errors: dict[int, list[RowError]] = {}
+    match = ID_PATTERN.match
+    for i in [i for i, cid in enumerate(ids) if not match(cid)]:
+        id_errors[i] = import_row_from_proto(customer_pb2.ImportRow(
+            row_number=row_numbers[i], customer=customer_pb2.Customer(customer_id=ids[i]))).errors
+    core: dict[str, list[Any]] = {}
+    core_errors: dict[int, list[RowError]] = {}
+    for k, column in enumerate(message.core_columns):
+        field = f"core_columns[{k}]"
+        if column.name not in _IMPORTABLE_CORE or column.name in core:
+            raise _columns_invalid(f"{field}.name", "must be one of " + ", ".join(sorted(_IMPORTABLE_CORE))
+                                   + ", each at most once")
+        kind, values = _column_cells(column, field, n)
+        if kind != "string" or column.missing or column.exceptions:
+            raise _columns_invalid(field, "a core field is a column of string_values (an empty cell is empty)")
+        problems: dict[str, list[RowError]] = {}
+        for value in set(values):
+            if value:
+                row = import_row_from_proto(customer_pb2.ImportRow(
+                    customer=customer_pb2.Customer(customer_id="x", **{column.name: value})))
+                if row.errors:
+                    problems[value] = row.errors
+        for i, value in enumerate(values):
+            if value in problems:
+                core_errors.setdefault(i, []).extend(
+                    RowError(row_numbers[i], e.column, e.reason, e.description) for e in problems[value])
+        if column.name == "birth_date":
+            values = [None if not v or v in problems else date.fromisoformat(v) for v in values]
+        core[column.name] = values
+    attributes: list[ColumnIn] = []
+    names: set[str] = set()
+    for k, column in enumerate(message.attributes):
+        field = f"attributes[{k}]"
+        if column.name in names:
+            raise _columns_invalid(f"{field}.name", "names an attribute twice in the batch")
+        names.add(column.name)
+        kind, values = _column_cells(column, field, n)
+        missing = frozenset(column.missing)
+        exceptions = {}
+        for cell in column.exceptions:
+            which = cell.value.WhichOneof("kind")
+            exceptions[cell.index] = (_ONEOF_KIND[which] if which else None,
+                                      getattr(cell.value, which) if which else None)
+        if any(not 0 <= i < n for i in missing) or any(not 0 <= i < n for i in exceptions):
+            raise _columns_invalid(field, f"missing and exceptions must be row indexes 0 to {n - 1}")
+        attributes.append(ColumnIn(column.name, kind, values, missing, exceptions))
+    return ColumnBatchIn(row_numbers, ids, core, attributes, _check_cell, id_errors, core_errors)
+
+
 def _row_error_to_proto(error: RowError) -> customer_pb2.ImportRowError:
     return customer_pb2.ImportRowError(
         row_number=error.row_number, column=error.column, reason=error.reason, description=error.description
@@ -230,6 +326,9 @@ class ProfileRegistryHandlers:
                                             reason="IMPORT_ID_CHANGED")
             if request.batch_number < 0:
                 raise InvalidArgument.field("batch_number", "must not be negative", reason="INVALID_BATCH_NUMBER")
+            if request.rows and request.HasField("columns"):
+                raise InvalidArgument.field("columns", "a message carries rows or columns, not both",
+                                            reason="ROWS_AND_COLUMNS")
             if len(request.rows) > MAX_IMPORT_ROWS:
                 raise InvalidArgument.field("rows", f"at most {MAX_IMPORT_ROWS} rows per batch",
                                             reason="BATCH_TOO_LARGE")
@@ -239,10 +338,16 @@ class ProfileRegistryHandlers:
                                             reason="UNKNOWN_CORE_FIELD")
             if registry is None:
                 registry = await importer.load_registry()
-            rows = [import_row_from_proto(row) for row in request.rows]
-            result = await importer.import_batch(
-                totals.import_id, request.batch_number, rows, frozenset(request.core_fields), registry
-            )
+            if request.HasField("columns"):
+                batch = columns_from_proto(request.columns)
+                result = await importer.import_columns(
+                    totals.import_id, request.batch_number, batch, frozenset(request.core_fields), registry
+                )
+            else:
+                rows = [import_row_from_proto(row) for row in request.rows]
+                result = await importer.import_batch(
+                    totals.import_id, request.batch_number, rows, frozenset(request.core_fields), registry
+                )
             totals.add(result)
         totals.errors.sort(key=lambda e: (e.row_number, e.column))
         return profile_service_pb2.ImportCustomersResponse(

@@ -12,15 +12,25 @@ Pure logic (no SQL, no gRPC). Rules, also in docs/profile-import.md:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import numpy as np
+
 from services.platform.errors import FieldViolation, InvalidArgument
 from services.platform.validation import Violations
-from services.profile.domain import ATTRIBUTE_TYPES, CORE_FIELDS, Attribute, AttributeSpec, AttributeType
+from services.profile.domain import (
+    ATTRIBUTE_TYPES,
+    CORE_FIELDS,
+    STORED_KIND,
+    Attribute,
+    AttributeKind,
+    AttributeSpec,
+    AttributeType,
+)
 
 ATTRIBUTE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 MAX_DEFINITIONS = 1000
@@ -182,6 +192,15 @@ class Registry:
     def __init__(self, specs: Iterable[AttributeSpec]) -> None:
         self.specs: dict[str, AttributeSpec] = {s.name: s for s in specs}
         self._checkers = {name: _checker(spec) for name, spec in self.specs.items()}
+        self._bounds = {
+            name: (_parse_bound(spec.type, spec.min) if spec.min else None,
+                   _parse_bound(spec.type, spec.max) if spec.max else None)
+            for name, spec in self.specs.items() if spec.type in ("integer", "decimal", "date")
+        }
+
+    def bounds(self, name: str) -> tuple[Any, Any]:
+        """(min, max) of a registered INTEGER, DECIMAL or DATE attribute, parsed (None when not set)."""
+        return self._bounds.get(name, (None, None))
 
     @property
     def strict(self) -> bool:
@@ -216,6 +235,108 @@ class Registry:
         return out
 
 
+# -- columns of a bulk import: vectorised screening ---------------------------------------------------------------
+
+MAX_STRING_VALUE = 1000  # the longest string attribute value (handlers.MAX_STRING_ATTRIBUTE is the same rule)
+
+
+def _all_indexes(values: Sized) -> list[int]:
+    return list(range(len(values)))
+
+
+def _decimal_suspects(values: Sequence[Any], low: Any, high: Any) -> list[int]:
+    """Indexes of decimal text cells that are malformed, not finite or not clearly inside [low, high]."""
+    try:
+        all(map(Decimal, values))  # raises on a malformed cell
+        numbers = np.array(values, dtype=np.float64)
+    except (InvalidOperation, ValueError, TypeError):
+        # Some cell is malformed (or a placeholder): find them one by one, screen the others.
+        texts = list(values)
+        for i, value in enumerate(values):
+            try:
+                Decimal(value)
+                float(value)
+            except (InvalidOperation, ValueError, TypeError):
+                texts[i] = "nan"
+        numbers = np.array(texts, dtype=np.float64)
+    return _range_suspects(numbers, low, high)
+
+
+def _range_suspects(numbers: Any, low: Any, high: Any) -> list[int]:
+    """Indexes of the numbers that are not finite or not *clearly* within the bounds: a float within a relative
+    1e-9 of a bound is a suspect, so that the exact (Decimal) check decides it."""
+    inside = np.isfinite(numbers)
+    if low is not None:
+        inside &= numbers >= float(low) + 1e-9 * max(1.0, abs(float(low)))
+    if high is not None:
+        inside &= numbers <= float(high) - 1e-9 * max(1.0, abs(float(high)))
+    return np.flatnonzero(~inside).tolist()  # type: ignore[no-any-return]
+
+
+def _distinct_suspects(values: Sequence[Any], good: Callable[[Any], bool]) -> list[int]:
+    """Indexes of cells whose value fails `good`, evaluating it once per distinct value."""
+    bad = {v for v in set(values) if not good(v)}
+    return [i for i, v in enumerate(values) if v in bad] if bad else []
+
+
+def _iso_date(text: Any) -> date | None:
+    try:
+        return date.fromisoformat(text)
+    except (ValueError, TypeError):
+        return None
+
+
+def screen_column(
+    registry: Registry, name: str, kind: AttributeKind, values: Sequence[Any],
+) -> tuple[AttributeKind, list[int]]:
+    """One column of an import batch, checked at once: the kind its cells are stored as and the indexes of the
+    cells that *may* be wrong (every cell of an unknown attribute or of the wrong kind). Cells not listed pass
+    every check of a row's AttributeValue (well-formed, registered, type, allowed values, range); the listed ones
+    must get the exact per-value check, which gives the row errors. Placeholder cells (missing rows) may be
+    listed: the caller ignores them."""
+    stored: AttributeKind = kind
+    if not ATTRIBUTE_NAME.match(name):
+        return stored, _all_indexes(values)
+    spec = registry.specs.get(name)
+    if spec is None and registry.strict:
+        return stored, _all_indexes(values)
+    if spec is not None and kind not in _ACCEPTED_KINDS[spec.type]:
+        return stored, _all_indexes(values)
+    low, high = registry.bounds(name)
+    if kind == "string":
+        suspects = [i for i, v in enumerate(values) if len(v) > MAX_STRING_VALUE] if values and max(
+            map(len, values)) > MAX_STRING_VALUE else []
+        if spec is not None and spec.type == "enum":
+            allowed = frozenset(spec.allowed_values)
+            suspects = sorted(set(suspects) | set(_distinct_suspects(values, allowed.__contains__)))
+        return stored, suspects
+    if kind == "bool":
+        return stored, []
+    if kind == "int":
+        if spec is not None and spec.type == "decimal":
+            stored = "decimal"
+        if low is None and high is None:
+            return stored, []
+        numbers = np.array(values, dtype=np.int64)
+        if spec is not None and spec.type == "integer":
+            inside = np.ones(len(values), dtype=bool)
+            if low is not None:
+                inside &= numbers >= int(low)
+            if high is not None:
+                inside &= numbers <= int(high)
+            return stored, np.flatnonzero(~inside).tolist()
+        return stored, _range_suspects(numbers.astype(np.float64), low, high)
+    if kind == "decimal":
+        return stored, _decimal_suspects(values, low, high)
+    # date
+
+    def good_date(text: Any) -> bool:
+        day = _iso_date(text)
+        return day is not None and (low is None or day >= low) and (high is None or day <= high)
+
+    return stored, _distinct_suspects(values, good_date)
+
+
 # -- text cells (CSV / Parquet) -> typed values ---------------------------------------------------------------
 
 _TRUE = frozenset({"true", "yes", "y", "t"})
@@ -245,6 +366,50 @@ def coerce_text(kind: AttributeType, text: str) -> Attribute:
         if _DATE_TEXT.match(text):
             return Attribute("date", text)
     return Attribute("string", text)
+
+
+_PLACEHOLDER: dict[str, Any] = {"string": "", "int": 0, "decimal": "0", "bool": False, "date": ""}
+_INT64 = 2**63
+
+
+def coerce_column(kind: AttributeType, cells: Sequence[str]) -> tuple[AttributeKind, list[Any], list[int],
+                                                                       dict[int, Attribute]]:
+    """A file's column of text cells as one typed column of an import batch, cell for cell as coerce_text would
+    convert it: (the column's kind, its values with placeholders, the indexes of empty cells, the cells that did
+    not parse as the type, as the string Attribute the service will reject)."""
+    stored = STORED_KIND[kind]
+    placeholder = _PLACEHOLDER[stored]
+    missing = [i for i, c in enumerate(cells) if c == ""] if "" in cells else []
+    filled = list(cells)
+    for i in missing:
+        filled[i] = "0" if stored in ("int", "decimal") else ""
+    if kind in ("string", "enum"):
+        return stored, filled, missing, {}
+    if kind == "integer" and all(map(str.isdecimal, filled)) and max(map(len, filled), default=0) <= 18:
+        return stored, list(map(int, filled)), missing, {}
+    if kind == "decimal" and all(map(_DECIMAL_TEXT.match, filled)):
+        return stored, filled, missing, {}
+    memo: dict[str, Attribute] = {c: coerce_text(kind, c) for c in set(filled)} if kind in (
+        "boolean", "date") else {}
+    if memo and not missing and all(a.kind == stored for a in memo.values()):
+        converted = {c: a.value for c, a in memo.items()}
+        return stored, list(map(converted.__getitem__, filled)), missing, {}
+    values: list[Any] = []
+    exceptions: dict[int, Attribute] = {}
+    skip = set(missing)
+    for i, cell in enumerate(filled):
+        if i in skip:
+            values.append(placeholder)
+            continue
+        attribute = memo.get(cell)
+        if attribute is None:
+            attribute = memo[cell] = coerce_text(kind, cell)
+        if attribute.kind == stored and not (stored == "int" and not -_INT64 <= attribute.value < _INT64):  # type: ignore[operator]
+            values.append(attribute.value)
+        else:
+            values.append(placeholder)
+            exceptions[i] = attribute if attribute.kind == "string" else Attribute("string", cell)
+    return stored, values, missing, exceptions
 
 
 # -- inference ------------------------------------------------------------------------------------------------
