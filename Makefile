@@ -57,3 +57,12 @@ bench-full: setup
 
 clean:
 	rm -rf gen var .pytest_cache
+
+.PHONY: faults fuzz
+# Fault scenarios with PASS/FAIL verdicts (bench/faults.py), appended to docs/reliability.md.
+faults: setup
+	$(PY) -m bench.faults --scale $(or $(SCALE),small) $(if $(SCENARIO),--scenario $(SCENARIO))
+
+# Every RPC under hypothesis with fresh random inputs (the CI run of the same tests is derandomized).
+fuzz: setup
+	LODESTAR_FUZZ_EXAMPLES=$(or $(EXAMPLES),100) LODESTAR_FUZZ_RANDOM=1 $(PY) -m pytest -q -p no:cacheprovider tests/fuzz/test_rpc_fuzz.py
