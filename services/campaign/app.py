@@ -10,9 +10,10 @@ from pathlib import Path
 import grpc
 
 from lodestar.campaign.v1 import campaign_service_pb2, campaign_service_pb2_grpc
-from services.campaign.clients import ProfileClient, RiskClient
+from services.campaign.clients import ProfileClient, RiskClient, SegmentClient
 from services.campaign.db import CampaignUnitOfWork
 from services.campaign.handlers import CampaignHandlers
+from services.campaign.launch import LaunchService
 from services.campaign.learning import LearningService
 from services.campaign.lifecycle import CampaignLifecycle
 from services.campaign.service import CampaignService
@@ -28,7 +29,9 @@ async def register(server: grpc.aio.Server, runtime: Runtime) -> None:
     deps = runtime.settings.dependencies
     profile = ProfileClient(deps["profile"], tracer_provider=runtime.tracer_provider, default_timeout=1.0)
     risk = RiskClient(deps["risk"], tracer_provider=runtime.tracer_provider, default_timeout=1.0)
-    runtime.closers += [profile.close, risk.close]
+    segments = SegmentClient(deps["profile"], tracer_provider=runtime.tracer_provider, default_timeout=1.0)
+    batch_risk = RiskClient(deps["risk"], tracer_provider=runtime.tracer_provider, default_timeout=1.0)
+    runtime.closers += [profile.close, risk.close, segments.close, batch_risk.close]
     learning = LearningService(lambda: CampaignUnitOfWork(runtime.database), profile)
     service = CampaignService(lambda: CampaignUnitOfWork(runtime.database), profile, risk,
                               metrics=runtime.metrics, champions=learning)
@@ -36,8 +39,10 @@ async def register(server: grpc.aio.Server, runtime: Runtime) -> None:
     runtime.components["service"] = service
     runtime.components["lifecycle"] = lifecycle
     runtime.components["learning"] = learning
-    campaign_service_pb2_grpc.add_CampaignServiceServicer_to_server(CampaignHandlers(service, lifecycle, learning),
-                                                                    server)
+    launches = LaunchService(lambda: CampaignUnitOfWork(runtime.database), segments, batch_risk, champions=learning)
+    runtime.components["launches"] = launches
+    campaign_service_pb2_grpc.add_CampaignServiceServicer_to_server(
+        CampaignHandlers(service, lifecycle, learning, launches), server)
     scheduler = asyncio.create_task(_run_scheduler(lifecycle, float(runtime.settings.extra.get(
         SCHEDULER_INTERVAL, DEFAULT_SCHEDULER_INTERVAL_SECONDS))))
 
@@ -47,6 +52,15 @@ async def register(server: grpc.aio.Server, runtime: Runtime) -> None:
             await scheduler
 
     runtime.closers.append(stop_scheduler)
+    worker = asyncio.create_task(_run_launch_worker(launches, float(runtime.settings.extra.get(
+        LAUNCH_INTERVAL, DEFAULT_LAUNCH_INTERVAL_SECONDS))))
+
+    async def stop_worker() -> None:
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
+
+    runtime.closers.insert(0, stop_worker)
 
 
 SCHEDULER_INTERVAL = "CAMPAIGN_SCHEDULER_INTERVAL_SECONDS"
@@ -63,16 +77,34 @@ async def _run_scheduler(lifecycle: CampaignLifecycle, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
+LAUNCH_INTERVAL = "CAMPAIGN_LAUNCH_POLL_SECONDS"
+DEFAULT_LAUNCH_INTERVAL_SECONDS = 1.0
+
+
+async def _run_launch_worker(launches: LaunchService, interval: float) -> None:
+    """Every replica runs this: one step at a time (a plan, a partition or an allocation), claimed through the
+    database; it sleeps only when there was nothing to take."""
+    while True:
+        try:
+            busy = await launches.step()
+        except Exception:  # a database blip must not kill the loop
+            log.warning("launch worker step failed", exc_info=True)
+            busy = False
+        if not busy:
+            await asyncio.sleep(interval)
+
+
 def _check_settings(settings: ServiceSettings) -> None:
-    raw = settings.extra.get(SCHEDULER_INTERVAL)
-    if raw is None:
-        return
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0.1 <= value <= 3600:
-        raise ConfigError(f"{SCHEDULER_INTERVAL} must be a number of seconds between 0.1 and 3600, got {raw!r}")
+    for name in (SCHEDULER_INTERVAL, LAUNCH_INTERVAL):
+        raw = settings.extra.get(name)
+        if raw is None:
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if not 0.1 <= value <= 3600:
+            raise ConfigError(f"{name} must be a number of seconds between 0.1 and 3600, got {raw!r}")
 
 
 DEFINITION = ServiceDefinition(
@@ -81,6 +113,6 @@ DEFINITION = ServiceDefinition(
     migrations=Path(__file__).parent / "migrations",
     register=register,
     dependencies=("profile", "risk"),
-    extra_settings=(SCHEDULER_INTERVAL,),
+    extra_settings=(SCHEDULER_INTERVAL, LAUNCH_INTERVAL),
     validate_settings=_check_settings,
 )

@@ -6,17 +6,26 @@ They return the campaign's own domain objects, so the service layer never sees p
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from datetime import date, datetime
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
 
+import grpc
 from google.protobuf import timestamp_pb2
 
 from lodestar.common.v1 import common_pb2
-from lodestar.profile.v1 import customer_pb2, profile_service_pb2, profile_service_pb2_grpc
+from lodestar.profile.v1 import (
+    customer_pb2,
+    profile_service_pb2,
+    profile_service_pb2_grpc,
+    segment_service_pb2,
+    segment_service_pb2_grpc,
+)
 from lodestar.risk.v1 import content_pb2, risk_service_pb2_grpc, screening_pb2
 from services.campaign.domain import CustomerSnapshot, Offer, ScreenResult, Verdict
 from services.campaign.scoring import tolerance_level
-from services.platform.clients import ServiceClient
+from services.platform.clients import ServiceClient, call_timeout, translate_rpc_error
 from services.platform.errors import NotFound
 
 _TOLERANCE = {
@@ -115,9 +124,114 @@ class RiskClient(ServiceClient):
         }
         return ScreenResult(verdicts=verdicts, policy_version=response.policy_version)
 
+    async def screen_batch(self, offers: Sequence[Offer], channel: int, contact_time: datetime,
+                           items: Sequence[BatchScreenItem]) -> dict[str, dict[str, str]]:
+        """ScreenBatch for a launch partition: customer id -> offer id -> verdict."""
+        return await screen_batches(self, offers, channel, contact_time, items)
+
     async def check_content(self, text: str, product_type: int) -> list[tuple[str, str, int, int]]:
         """Risk's content rules: (kind, rule_id, start, end) per violation."""
         response = await self.call(self.stub.CheckContent, content_pb2.CheckContentRequest(
             text=text, product_type=product_type))  # type: ignore[arg-type]
         return [(content_pb2.ViolationKind.Name(v.kind).removeprefix("VIOLATION_KIND_"), v.rule_id, v.start, v.end)
                 for v in response.violations]
+
+
+# --- batch launch: the audience export and batch screening ---------------------------------------------------
+
+
+@dataclass
+class AudienceBatch:
+    """One batch of an audience export: ids ascending and, per requested field, its values (None if absent)."""
+
+    customer_ids: list[str]
+    columns: dict[str, list[Any]]
+    resume_token: str
+    as_of: datetime
+
+
+def _column_values(column: segment_service_pb2.AudienceColumn) -> list[Any]:
+    if column.type == segment_service_pb2.AUDIENCE_VALUE_TYPE_NUMBER:
+        raw: Sequence[Any] = column.number_values
+    elif column.type == segment_service_pb2.AUDIENCE_VALUE_TYPE_BOOL:
+        raw = column.bool_values
+    else:
+        raw = column.string_values
+    present = column.present
+    return [v if (not present or p) else None for v, p in zip(raw, present or [True] * len(raw), strict=False)]
+
+
+class SegmentClient(ServiceClient):
+    """Profile's SegmentService: the audience export of a batch launch (server streaming, resumable)."""
+
+    service_names = ("lodestar.profile.v1.SegmentService",)
+
+    def __init__(self, address: str, **kwargs: object) -> None:
+        super().__init__("profile", address, segment_service_pb2_grpc.SegmentServiceStub, **kwargs)  # type: ignore[arg-type]
+
+    async def export_audience(self, segment: str, fields: Sequence[str], *, batch_size: int = 5000,
+                              as_of: datetime | None = None, resume_token: str = "",
+                              timeout: float = 600.0) -> AsyncIterator[AudienceBatch]:
+        """Streams the segment's members after `resume_token`; errors are the platform's domain errors."""
+        request = segment_service_pb2.ExportAudienceRequest(segment=segment, fields=list(fields),
+                                                            batch_size=batch_size, resume_token=resume_token)
+        if as_of is not None and not resume_token:
+            request.as_of.FromDatetime(as_of)
+        call = self.stub.ExportAudience(request, timeout=call_timeout(timeout))
+        try:
+            async for response in call:
+                yield AudienceBatch(
+                    list(response.customer_ids), {c.field: _column_values(c) for c in response.columns},
+                    response.resume_token, response.as_of.ToDatetime(tzinfo=UTC))
+        except grpc.aio.AioRpcError as error:
+            raise translate_rpc_error(error, self.dependency) from None
+        finally:
+            call.cancel()
+
+
+@dataclass(frozen=True)
+class BatchScreenItem:
+    customer_id: str
+    facts: screening_pb2.CustomerFacts
+
+
+async def screen_batches(risk: RiskClient, offers: Sequence[Offer], channel: int, contact_time: datetime,
+                         items: Sequence[BatchScreenItem], *, chunk: int = 10_000,
+                         timeout: float = 120.0) -> dict[str, dict[str, str]]:
+    """Every item screened for every offer on one channel through ScreenBatch (one stream, up to 10,000 items per
+    message): customer id -> offer id -> "ALLOW" | "DENY" | "HOLD"."""
+    subjects = [screening_pb2.OfferSubject(offer_id=o.offer_id, product_type=o.product_type,  # type: ignore[arg-type]
+                                           risk_level=o.risk_level) for o in offers]  # type: ignore[arg-type]
+    when = timestamp_pb2.Timestamp()
+    when.FromDatetime(contact_time)
+
+    def requests() -> Iterator[screening_pb2.ScreenBatchRequest]:
+        for start in range(0, len(items), chunk):
+            yield screening_pb2.ScreenBatchRequest(
+                batch_id=str(start // chunk), offers=subjects,
+                items=[screening_pb2.ScreenBatchItem(customer_id=i.customer_id, facts=i.facts,
+                                                     channel=channel, contact_time=when)  # type: ignore[arg-type]
+                       for i in items[start:start + chunk]])
+
+    out: dict[str, dict[str, str]] = {}
+    if not items:
+        return out
+    names = {v: screening_pb2.Verdict.Name(v).removeprefix("VERDICT_") for v in screening_pb2.Verdict.values()}
+    call = risk.stub.ScreenBatch(requests(), timeout=call_timeout(timeout))
+    try:
+        async for response in call:
+            for result in response.results:
+                out[result.customer_id] = {v.offer_id: names.get(v.verdict, "UNSPECIFIED") for v in result.verdicts}
+    except grpc.aio.AioRpcError as error:
+        raise translate_rpc_error(error, risk.dependency) from None
+    return out
+
+
+def customer_facts(region: str, time_zone: str, attributes: dict[str, Any]) -> screening_pb2.CustomerFacts:
+    """What risk needs of an exported member (the export carries no birth date: see docs/campaign.md)."""
+    level = tolerance_level(attributes.get("risk_tolerance"))
+    return screening_pb2.CustomerFacts(
+        time_zone=time_zone or "", region=region or "",
+        risk_tolerance=_TOLERANCE.get(level or 0, common_pb2.RISK_TOLERANCE_UNSPECIFIED),
+        in_collections=attributes.get("in_collections") is True,
+        vulnerable=attributes.get("vulnerable") is True)

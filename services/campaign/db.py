@@ -148,6 +148,76 @@ class IdempotencyKey(IdempotencyKeyMixin, Base):
     pass
 
 
+class LaunchRow(Base):
+    """A batch launch of a campaign (one per campaign). Its own claim (claimed_by, lease_until) serialises the
+    plan and allocate phases across replicas; partitions have their own claims (launch.py)."""
+
+    __tablename__ = "campaign_launches"
+
+    launch_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    campaign_id: Mapped[str] = mapped_column(String(128), unique=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    as_of: Mapped[datetime] = mapped_column(UtcDateTime())
+    contact_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    fields: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    partitions_total: Mapped[int] = mapped_column(Integer, default=0)
+    partitions_done: Mapped[int] = mapped_column(Integer, default=0)
+    audience_size: Mapped[int] = mapped_column(Integer, default=0)
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status_message: Mapped[str] = mapped_column(Text, default="")
+    claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    update_time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    done_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class LaunchPartitionRow(Base):
+    """A slice of a launch's audience (an id range and the export resume token before it). Its results — the
+    treated candidates with their value terms and every member's assignment, one compressed blob — are written
+    in the transaction that marks it DONE."""
+
+    __tablename__ = "campaign_launch_partitions"
+    __table_args__ = (UniqueConstraint("launch_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    launch_id: Mapped[str] = mapped_column(ForeignKey("campaign_launches.launch_id", ondelete="CASCADE"),
+                                           index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    first_id: Mapped[str] = mapped_column(String(128))
+    last_id: Mapped[str] = mapped_column(String(128))
+    size: Mapped[int] = mapped_column(Integer)
+    resume_token: Mapped[str] = mapped_column(Text, default="")
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    results: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    done_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class OutboxRow(Base):
+    """One contact to deliver; the delivery key ("{launch_id}:{customer_id}") makes writing it idempotent."""
+
+    __tablename__ = "campaign_outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_key: Mapped[str] = mapped_column(String(200), unique=True)
+    launch_id: Mapped[str] = mapped_column(String(32), index=True)
+    customer_id: Mapped[str] = mapped_column(String(128))
+    offer_id: Mapped[str] = mapped_column(String(128))
+    channel: Mapped[int] = mapped_column(Integer)
+    arm_id: Mapped[str] = mapped_column(String(64))
+    expected_value: Mapped[float] = mapped_column(Float)
+    probability: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(16), default="PENDING")
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
 def _offer(row: OfferRow) -> Offer:
     return Offer(
         offer_id=row.offer_id, title=row.title, product_type=row.product_type, risk_level=row.risk_level,

@@ -14,6 +14,7 @@ from lodestar.campaign.v1 import (
     campaign_service_pb2,
     campaign_service_pb2_grpc,
     history_pb2,
+    launch_pb2,
     model_pb2,
     offer_pb2,
 )
@@ -35,12 +36,13 @@ from services.campaign.domain import (
     Disclosure,
     Offer,
 )
+from services.campaign.launch import LaunchService, LaunchView, OutboxEntry
 from services.campaign.learning import HistoryEntry, LearningService, ModelVersionInfo
 from services.campaign.lifecycle import CampaignLifecycle, check_consistency
 from services.campaign.service import CampaignService
 from services.platform import pagination
 from services.platform.db import utcnow
-from services.platform.errors import InvalidArgument
+from services.platform.errors import FailedPrecondition, InvalidArgument
 from services.platform.idempotency import key_for
 from services.platform.validation import ID_PATTERN, Violations, check_enum, check_id, check_mask, parse_name
 
@@ -297,11 +299,87 @@ def parse_model_name(name: str, field: str = "name") -> tuple[str, int | None]:
                                 reason="INVALID_NAME")
 
 
+_LAUNCH_STATES = {"PLANNING": launch_pb2.LAUNCH_STATE_PLANNING, "SELECTING": launch_pb2.LAUNCH_STATE_SELECTING,
+                  "ALLOCATING": launch_pb2.LAUNCH_STATE_ALLOCATING, "DONE": launch_pb2.LAUNCH_STATE_DONE}
+_OUTBOX_STATES = {"PENDING": launch_pb2.OUTBOX_STATE_PENDING, "SENT": launch_pb2.OUTBOX_STATE_SENT,
+                  "FAILED": launch_pb2.OUTBOX_STATE_FAILED}
+
+
+def launch_to_proto(view: LaunchView) -> launch_pb2.Launch:
+    report = view.report
+    counts = view.counts
+    message = launch_pb2.Launch(
+        name=f"launches/{view.launch_id}", launch_id=view.launch_id, campaign=f"campaigns/{view.campaign_id}",
+        state=_LAUNCH_STATES.get(view.state, launch_pb2.LAUNCH_STATE_UNSPECIFIED), actor=view.actor,
+        progress=launch_pb2.LaunchProgress(
+            partitions_total=view.partitions_total, partitions_done=view.partitions_done,
+            audience_size=view.audience_size, customers_done=counts.get("customers", 0),
+            control_customers=counts.get("control", 0), candidates=counts.get("candidates", 0),
+            outbox_messages=view.outbox_messages),
+        status_message=view.status_message, as_of=_ts(view.as_of), create_time=_ts(view.create_time),
+        update_time=_ts(view.update_time), done_time=_ts(view.done_time), exported_fields=view.fields,
+    )
+    if report:
+        message.report.CopyFrom(launch_pb2.AllocationReport(
+            objective=report["objective"] or 0.0, method=report["method"], spend=report["spend"] or 0.0,
+            contacts_by_channel=report["contacts_by_channel"], binding_constraints=report["binding"],
+            constraint_costs=[launch_pb2.LaunchConstraintCost(
+                constraint=c["constraint"], step=c["step"], value_gain=c["value_gain"] or 0.0,
+                conversions_gain=c["conversions_gain"] or 0.0) for c in report["constraint_costs"]],
+            customers_cut_by=report["cut_by"], expected_conversions=report["expected_conversions"] or 0.0))
+    return message
+
+
+def outbox_to_proto(entry: OutboxEntry) -> launch_pb2.OutboxMessage:
+    return launch_pb2.OutboxMessage(
+        launch_id=entry.launch_id, customer_id=entry.customer_id, offer_id=entry.offer_id,
+        channel=entry.channel, arm_id=entry.arm_id, delivery_key=entry.delivery_key,  # type: ignore[arg-type]
+        state=_OUTBOX_STATES.get(entry.state, launch_pb2.OUTBOX_STATE_UNSPECIFIED),
+        expected_value=entry.expected_value, probability=entry.probability)
+
+
 class CampaignHandlers(campaign_service_pb2_grpc.CampaignServiceServicer):
-    def __init__(self, service: CampaignService, lifecycle: CampaignLifecycle, learning: LearningService) -> None:
+    def __init__(self, service: CampaignService, lifecycle: CampaignLifecycle, learning: LearningService,
+                 launches: LaunchService | None = None) -> None:
         self.service = service
         self.lifecycle = lifecycle
         self.learning = learning
+        self.launches = launches
+
+    def _launch_service(self) -> LaunchService:
+        if self.launches is None:
+            raise FailedPrecondition("LAUNCHES_DISABLED", "batch launches are not enabled on this server")
+        return self.launches
+
+    # --- batch launch -------------------------------------------------------------------------------------
+
+    async def LaunchCampaign(self, request: campaign_service_pb2.LaunchCampaignRequest,
+                             context: grpc.aio.ServicerContext) -> campaign_service_pb2.LaunchCampaignResponse:
+        campaign_id = parse_name(request.name, "campaigns")
+        actor = _actor(request.actor)
+        view = await self._launch_service().launch(campaign_id, actor, key_for("LaunchCampaign", request))
+        return campaign_service_pb2.LaunchCampaignResponse(launch=launch_to_proto(view))
+
+    async def GetLaunch(self, request: campaign_service_pb2.GetLaunchRequest,
+                        context: grpc.aio.ServicerContext) -> campaign_service_pb2.GetLaunchResponse:
+        if request.name.startswith("campaigns/"):
+            view = await self._launch_service().get(campaign_id=parse_name(request.name, "campaigns"))
+        else:
+            view = await self._launch_service().get(parse_name(request.name, "launches"))
+        return campaign_service_pb2.GetLaunchResponse(launch=launch_to_proto(view))
+
+    async def ListOutbox(self, request: campaign_service_pb2.ListOutboxRequest,
+                         context: grpc.aio.ServicerContext) -> campaign_service_pb2.ListOutboxResponse:
+        launch_id = parse_name(request.launch, "launches", field="launch")
+        size = pagination.page_size(request.page_size)
+        fingerprint = pagination.query_fingerprint(launch=launch_id)
+        position = pagination.decode_page_token(request.page_token, fingerprint)
+        after = position.get("after") if position else None
+        entries, next_after = await self._launch_service().list_outbox(
+            launch_id, after_customer=after if isinstance(after, str) else None, page_size=size)
+        token = pagination.encode_page_token({"after": next_after}, fingerprint) if next_after else ""
+        return campaign_service_pb2.ListOutboxResponse(messages=[outbox_to_proto(e) for e in entries],
+                                                       next_page_token=token)
 
     async def Decide(self, request: campaign_service_pb2.DecideRequest,
                      context: grpc.aio.ServicerContext) -> campaign_service_pb2.DecideResponse:

@@ -1,0 +1,665 @@
+"""Batch campaign launch: audience -> score -> screen -> assign -> allocate -> outbox (docs/campaign.md).
+
+Owns its transactions; imports no grpc. Every replica runs `LaunchService.step()` in a loop; the work is shared
+through the database, never a coordinator:
+
+- plan (one claimant, the launch row's lease): stream the segment from profile's ExportAudience in batches of
+  `partition_size`; each batch becomes a partition (its first and last id and the resume token *before* it;
+  the export's as_of is fixed for the launch). Partitions and the move to SELECTING commit together.
+- select (every replica): claim a PENDING partition whose lease is free or expired — on PostgreSQL
+  `SELECT ... FOR UPDATE SKIP LOCKED` then a conditional UPDATE, on SQLite the conditional UPDATE alone —
+  export its members from its resume token, score every (customer, offer) in one vectorised pass per model,
+  screen them with ScreenBatch per channel, assign each customer to control or an arm by
+  hash(campaign_id, customer_id), and commit the results (one compressed blob) in the transaction that marks
+  the partition DONE, conditional on still holding the claim: a partition is never counted twice. A failure
+  (profile or risk unavailable) releases the claim with a back-off and is shown as the launch's status.
+- allocate (one claimant): all candidates -> allocation.allocate() under budget, channel capacities and one
+  contact per customer -> outbox rows in chunks (ON CONFLICT DO NOTHING on the delivery key, so a crashed
+  allocation resumes without duplicates) -> DONE with the allocation report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import math
+import socket
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from lodestar.common.v1 import common_pb2
+from services.campaign import allocation
+from services.campaign.clients import AudienceBatch, BatchScreenItem, customer_facts
+from services.campaign.db import (
+    CampaignUnitOfWork,
+    LaunchPartitionRow,
+    LaunchRow,
+    OutboxRow,
+)
+from services.campaign.db import IdempotencyKey as IdempotencyKeyRow
+from services.campaign.domain import APPROVED, RUNNING, SCHEDULED, Campaign, Offer
+from services.campaign.modeling import Example, TrainedModel, build_frame
+from services.campaign.scoring import _BASE, _BORROWING, _INVESTMENT, _SAVINGS
+from services.platform.db import utcnow
+from services.platform.errors import Aborted, DomainError, FailedPrecondition, InvalidArgument, NotFound
+from services.platform.idempotency import Codec, IdempotencyKey, run_idempotent
+
+log = logging.getLogger("lodestar.campaign.launch")
+
+PLANNING, SELECTING, ALLOCATING, DONE = "PLANNING", "SELECTING", "ALLOCATING", "DONE"
+PENDING = "PENDING"
+LAUNCH_ACTOR_REASON = "batch launch"
+# Attributes the heuristic scorer and risk's screening read; champion models add their own.
+BASE_ATTRIBUTES = ("income", "risk_tolerance", "in_collections", "vulnerable")
+OUTBOX_CHUNK = 5000
+
+
+class AudienceSource(Protocol):
+    def export_audience(self, segment: str, fields: Sequence[str], *, batch_size: int = 5000,
+                        as_of: datetime | None = None, resume_token: str = "") -> AsyncIterator[AudienceBatch]: ...
+
+
+class BatchScreener(Protocol):
+    async def screen_batch(self, offers: Sequence[Offer], channel: int, contact_time: datetime,
+                           items: Sequence[BatchScreenItem]) -> dict[str, dict[str, str]]: ...
+
+
+class ChampionSource(Protocol):
+    async def champion(self, offer_id: str, kind: str = "propensity") -> tuple[TrainedModel, str] | None: ...
+
+
+@dataclass
+class LaunchView:
+    launch_id: str
+    campaign_id: str
+    state: str
+    actor: str
+    as_of: datetime
+    fields: list[str]
+    partitions_total: int
+    partitions_done: int
+    audience_size: int
+    counts: dict[str, int]
+    report: dict[str, Any]
+    status_message: str
+    create_time: datetime
+    update_time: datetime
+    done_time: datetime | None
+    outbox_messages: int = 0
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    launch_id: str
+    customer_id: str
+    offer_id: str
+    channel: int
+    arm_id: str
+    delivery_key: str
+    state: str
+    expected_value: float
+    probability: float
+
+
+@dataclass
+class PartitionResult:
+    """What a partition stores: every member's group (-1 control, else the arm's index) and the treated
+    members' value terms per option (offer x channel)."""
+
+    member_ids: np.ndarray
+    groups: np.ndarray
+    candidate_ids: np.ndarray
+    values: np.ndarray  # candidates x options; NaN where risk did not allow it
+    probabilities: np.ndarray  # candidates x offers
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def to_blob(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, member_ids=self.member_ids, groups=self.groups, candidate_ids=self.candidate_ids,
+                            values=self.values, probabilities=self.probabilities)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_blob(cls, raw: bytes) -> PartitionResult:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as data:
+            return cls(data["member_ids"], data["groups"], data["candidate_ids"], data["values"],
+                       data["probabilities"])
+
+
+def _name(campaign_id: str) -> str:
+    return f"campaigns/{campaign_id}"
+
+
+def channel_name(channel: int) -> str:
+    return common_pb2.Channel.Name(channel) if channel in common_pb2.Channel.values() else str(channel)  # type: ignore[arg-type]
+
+
+# --- pure steps: assignment, scoring, values ----------------------------------------------------------------
+
+
+def assign(campaign_id: str, customer_ids: Sequence[str], control_share: float, arm_shares: Sequence[float]
+           ) -> np.ndarray:
+    """-1 for control, else the arm's index: u = sha256("{campaign_id}:{customer_id}")[:8] / 2^64 falls into
+    [0, control_share) for control, then consecutive intervals of each arm's share. Deterministic: the same
+    customer always lands in the same group of a campaign, on every replica and every retry."""
+    if not len(customer_ids):
+        return np.zeros(0, dtype=np.int16)
+    u = np.fromiter((int.from_bytes(hashlib.sha256(f"{campaign_id}:{c}".encode()).digest()[:8], "big")
+                     for c in customer_ids), dtype=np.float64, count=len(customer_ids)) / 2.0 ** 64
+    bounds = np.cumsum([control_share, *arm_shares])
+    index = np.searchsorted(bounds, u, side="right")
+    groups = index.astype(np.int16) - 1
+    return np.minimum(groups, max(len(arm_shares) - 1, -1)).astype(np.int16)
+
+
+def _numbers(values: Sequence[Any]) -> np.ndarray:
+    return np.asarray(pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce"), dtype=float)
+
+
+def heuristic_probabilities(offer: Offer, income: np.ndarray, tolerance: np.ndarray) -> np.ndarray:
+    """HeuristicPropensityModel (scoring.py) vectorised, without the age term (the export carries no birth date):
+    the same number, customer for customer, as the per-customer heuristic with an unknown age."""
+    logit = np.full(len(income), _BASE.get(offer.product_type, -3.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.clip(np.log10(income / 1000.0), -1.5, 2.0)
+    has_income = np.isfinite(income) & (income > 0)
+    if offer.product_type in _SAVINGS:
+        logit = logit + np.where(has_income, 0.35 * t, 0.0)
+    elif offer.product_type in _BORROWING:
+        logit = logit - np.where(has_income, 0.2 * t, 0.0)
+    if offer.product_type in _INVESTMENT:
+        logit = logit + np.where(np.isfinite(tolerance), 0.25 * (tolerance - 3), 0.0)
+    return np.asarray(1.0 / (1.0 + np.exp(-logit)))
+
+
+def _tolerance_levels(values: Sequence[Any]) -> np.ndarray:
+    out = np.full(len(values), np.nan)
+    for i, v in enumerate(values):
+        if isinstance(v, str) and len(v) == 2 and v[0] == "C" and v[1] in "12345":
+            out[i] = int(v[1])
+    return out
+
+
+def option_values(probabilities: np.ndarray, offers: Sequence[Offer], channels: Sequence[int],
+                  allowed: dict[int, np.ndarray]) -> np.ndarray:
+    """customers x (offers x channels): p x conversion_value - contact_cost where risk allowed it, else NaN."""
+    n = probabilities.shape[0]
+    out = np.full((n, len(offers) * len(channels)), np.nan)
+    for j, offer in enumerate(offers):
+        value = probabilities[:, j] * offer.conversion_value - offer.contact_cost
+        for k, channel in enumerate(channels):
+            out[:, j * len(channels) + k] = np.where(allowed[channel][:, j], value, np.nan)
+    return out
+
+
+# --- the service --------------------------------------------------------------------------------------------
+
+
+class LaunchService:
+    def __init__(self, uow_factory: Callable[[], CampaignUnitOfWork], audience: AudienceSource,
+                 risk: BatchScreener, champions: ChampionSource | None = None, *, worker_id: str | None = None,
+                 partition_size: int = 5000, lease_seconds: float = 120.0, retry_seconds: float = 5.0,
+                 clock: Callable[[], datetime] = utcnow, allocation_method: str = "auto") -> None:
+        self.uow_factory = uow_factory
+        self.audience = audience
+        self.risk = risk
+        self.champions = champions
+        self.worker_id = worker_id or f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
+        self.partition_size = partition_size
+        self.lease = timedelta(seconds=lease_seconds)
+        self.retry = timedelta(seconds=retry_seconds)
+        self.clock = clock
+        self.allocation_method = allocation_method
+
+    # --- use cases ------------------------------------------------------------------------------------------
+
+    async def launch(self, campaign_id: str, actor: str, key: IdempotencyKey | None) -> LaunchView:
+        async def start(uow: CampaignUnitOfWork) -> str:
+            campaign = await uow.campaigns.get(campaign_id, for_update=True)
+            if campaign is None:
+                raise NotFound("campaign", _name(campaign_id))
+            existing = await uow.session.scalar(select(LaunchRow.launch_id).where(
+                LaunchRow.campaign_id == campaign_id))
+            if existing is not None:
+                return existing
+            if campaign.state not in (APPROVED, SCHEDULED):
+                raise FailedPrecondition("CAMPAIGN_NOT_APPROVED",
+                                         f"only an APPROVED or SCHEDULED campaign can be launched; this one is "
+                                         f"{campaign.state}", metadata={"state": campaign.state})
+            if not await uow.campaigns.transition(campaign_id, campaign.state, RUNNING, actor, LAUNCH_ACTOR_REASON):
+                raise Aborted("CONCURRENT_CHANGE", "the campaign changed state meanwhile; read it again and retry")
+            now = self.clock()
+            contact = campaign.start_time if campaign.start_time and campaign.start_time > now else now
+            launch_id = uuid.uuid4().hex
+            uow.session.add(LaunchRow(launch_id=launch_id, campaign_id=campaign_id, state=PLANNING, actor=actor,
+                                      as_of=now, contact_time=contact, fields=[], partitions_total=0,
+                                      partitions_done=0, audience_size=0, counts={}, report={}, status_message="",
+                                      create_time=now, update_time=now))
+            await uow.session.flush()
+            return launch_id
+
+        launch_id = await run_idempotent(self.uow_factory, IdempotencyKeyRow, key,
+                                         Codec(encode=str.encode, decode=bytes.decode), start)
+        log.info("campaign %s launched as launches/%s", _name(campaign_id), launch_id)
+        return await self.get(launch_id)
+
+    async def get(self, launch_id: str | None = None, *, campaign_id: str | None = None) -> LaunchView:
+        async with self.uow_factory() as uow:
+            query = select(LaunchRow)
+            query = (query.where(LaunchRow.launch_id == launch_id) if launch_id is not None
+                     else query.where(LaunchRow.campaign_id == campaign_id))
+            row = await uow.session.scalar(query)
+            if row is None:
+                raise NotFound("launch", f"launches/{launch_id}" if launch_id else _name(campaign_id or ""),
+                               reason="LAUNCH_NOT_FOUND")
+            counts: Counter[str] = Counter()
+            for part in await uow.session.scalars(select(LaunchPartitionRow.counts).where(
+                    LaunchPartitionRow.launch_id == row.launch_id, LaunchPartitionRow.state == DONE)):
+                counts.update(part or {})
+            outbox = await uow.session.scalar(select(func.count()).select_from(OutboxRow).where(
+                OutboxRow.launch_id == row.launch_id))
+            return LaunchView(row.launch_id, row.campaign_id, row.state, row.actor, row.as_of, list(row.fields or []),
+                              row.partitions_total, row.partitions_done, row.audience_size, dict(counts),
+                              dict(row.report or {}), row.status_message, row.create_time, row.update_time,
+                              row.done_time, int(outbox or 0))
+
+    async def list_outbox(self, launch_id: str, *, after_customer: str | None, page_size: int
+                          ) -> tuple[list[OutboxEntry], str | None]:
+        async with self.uow_factory() as uow:
+            if await uow.session.get(LaunchRow, launch_id) is None:
+                raise NotFound("launch", f"launches/{launch_id}", reason="LAUNCH_NOT_FOUND")
+            query = select(OutboxRow).where(OutboxRow.launch_id == launch_id).order_by(OutboxRow.customer_id)
+            if after_customer is not None:
+                query = query.where(OutboxRow.customer_id > after_customer)
+            rows = list(await uow.session.scalars(query.limit(page_size + 1)))
+            entries = [OutboxEntry(r.launch_id, r.customer_id, r.offer_id, r.channel, r.arm_id, r.delivery_key,
+                                   r.state, r.expected_value, r.probability) for r in rows]
+        more = len(entries) > page_size
+        entries = entries[:page_size]
+        return entries, (entries[-1].customer_id if more and entries else None)
+
+    # --- the worker -----------------------------------------------------------------------------------------
+
+    async def step(self) -> bool:
+        """One unit of work on any unfinished launch (a plan, a partition or an allocation); False when there
+        was nothing this worker could take."""
+        async with self.uow_factory() as uow:
+            launches = list((await uow.session.execute(
+                select(LaunchRow.launch_id, LaunchRow.state).where(LaunchRow.state != DONE)
+                .order_by(LaunchRow.create_time))).all())
+        for launch_id, state in launches:
+            if state == PLANNING and await self._plan(launch_id):
+                return True
+            if state == SELECTING and await self._select(launch_id):
+                return True
+            if state == ALLOCATING and await self._allocate(launch_id):
+                return True
+        return False
+
+    async def run_until_idle(self, max_steps: int = 100_000) -> int:
+        steps = 0
+        while steps < max_steps and await self.step():
+            steps += 1
+        return steps
+
+    # --- claims ---------------------------------------------------------------------------------------------
+
+    def _free(self, column_lease: Any, column_owner: Any, now: datetime) -> Any:
+        return or_(column_lease.is_(None), column_lease < now, column_owner == self.worker_id)
+
+    async def _claim_launch(self, launch_id: str, state: str) -> bool:
+        now = self.clock()
+        async with self.uow_factory() as uow:
+            result = await uow.session.execute(
+                update(LaunchRow).where(LaunchRow.launch_id == launch_id, LaunchRow.state == state,
+                                        self._free(LaunchRow.lease_until, LaunchRow.claimed_by, now))
+                .values(claimed_by=self.worker_id, lease_until=now + self.lease)
+                .execution_options(synchronize_session=False))
+            await uow.commit()
+        return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+
+    async def _renew_launch(self, launch_id: str) -> bool:
+        async with self.uow_factory() as uow:
+            result = await uow.session.execute(
+                update(LaunchRow).where(LaunchRow.launch_id == launch_id, LaunchRow.claimed_by == self.worker_id)
+                .values(lease_until=self.clock() + self.lease).execution_options(synchronize_session=False))
+            await uow.commit()
+        return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+
+    async def _release_launch(self, launch_id: str, message: str) -> None:
+        async with self.uow_factory() as uow:
+            await uow.session.execute(
+                update(LaunchRow).where(LaunchRow.launch_id == launch_id, LaunchRow.claimed_by == self.worker_id)
+                .values(claimed_by=None, lease_until=self.clock() + self.retry, status_message=message,
+                        update_time=self.clock()).execution_options(synchronize_session=False))
+            await uow.commit()
+
+    async def _claim_partition(self, launch_id: str) -> LaunchPartitionRow | None:
+        """The next free partition: SKIP LOCKED on PostgreSQL (claimants never wait on each other), then a
+        conditional UPDATE (the only guard on SQLite, where writers are serialised anyway)."""
+        now = self.clock()
+        free = and_(LaunchPartitionRow.launch_id == launch_id, LaunchPartitionRow.state == PENDING,
+                    or_(LaunchPartitionRow.lease_until.is_(None), LaunchPartitionRow.lease_until < now))
+        async with self.uow_factory() as uow:
+            query = select(LaunchPartitionRow.id).where(free).order_by(LaunchPartitionRow.number).limit(8)
+            if uow.session.bind.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            for partition_id in list(await uow.session.scalars(query)):
+                result = await uow.session.execute(
+                    update(LaunchPartitionRow).where(LaunchPartitionRow.id == partition_id, free)
+                    .values(claimed_by=self.worker_id, lease_until=now + self.lease,
+                            attempts=LaunchPartitionRow.attempts + 1)
+                    .execution_options(synchronize_session=False))
+                if result.rowcount == 1:  # type: ignore[attr-defined]
+                    await uow.commit()
+                    row = await uow.session.get(LaunchPartitionRow, partition_id)
+                    assert row is not None
+                    uow.session.expunge(row)
+                    return row
+        return None
+
+    # --- phases ---------------------------------------------------------------------------------------------
+
+    async def _context(self, launch_id: str) -> tuple[LaunchRow, Campaign, list[Offer]]:
+        async with self.uow_factory() as uow:
+            launch = await uow.session.get(LaunchRow, launch_id)
+            assert launch is not None
+            uow.session.expunge(launch)  # a detached snapshot: leaving the unit of work must not expire it
+            campaign = await uow.campaigns.get(launch.campaign_id)
+            assert campaign is not None
+            offers = [o for o in [await uow.offers.get(i) for i in campaign.offer_ids] if o is not None]
+        return launch, campaign, offers
+
+    async def _wanted_fields(self, offers: Sequence[Offer]) -> list[str]:
+        attributes = set(BASE_ATTRIBUTES)
+        for offer in offers:
+            for model in await self._champions(offer):
+                attributes |= {c.removeprefix("attr.") for c in model[0].spec.columns if c.startswith("attr.")}
+        return ["region", "time_zone", *(f"attr.{a}" for a in sorted(attributes))]
+
+    async def _champions(self, offer: Offer) -> list[tuple[TrainedModel, str]]:
+        if self.champions is None:
+            return []
+        found = await self.champions.champion(offer.offer_id, "uplift")
+        found = found or await self.champions.champion(offer.offer_id, "propensity")
+        return [found] if found else []
+
+    async def _plan(self, launch_id: str) -> bool:
+        if not await self._claim_launch(launch_id, PLANNING):
+            return False
+        try:
+            launch, campaign, offers = await self._context(launch_id)
+            fields = await self._wanted_fields(offers)
+            partitions: list[tuple[str, str, int, str]] = []
+            for _attempt in range(len(fields) + 1):
+                try:
+                    partitions = []
+                    token = ""
+                    async for batch in self.audience.export_audience(campaign.segment, fields,
+                                                                     batch_size=self.partition_size,
+                                                                     as_of=launch.as_of):
+                        if batch.customer_ids:
+                            partitions.append((batch.customer_ids[0], batch.customer_ids[-1],
+                                               len(batch.customer_ids), token))
+                        token = batch.resume_token
+                    break
+                except InvalidArgument as error:
+                    # Fields profile cannot export (not registered, personal data) are left out, the rest kept.
+                    bad = {v.field for v in error.violations if v.field.startswith("fields[")}
+                    kept = [f for i, f in enumerate(fields) if f"fields[{i}]" not in bad]
+                    if not bad or kept == fields:
+                        raise
+                    fields = kept
+            async with self.uow_factory() as uow:
+                result = await uow.session.execute(
+                    update(LaunchRow).where(LaunchRow.launch_id == launch_id, LaunchRow.state == PLANNING,
+                                            LaunchRow.claimed_by == self.worker_id)
+                    .values(state=SELECTING if partitions else ALLOCATING, fields=fields,
+                            partitions_total=len(partitions), audience_size=sum(p[2] for p in partitions),
+                            claimed_by=None, lease_until=None, status_message="", update_time=self.clock())
+                    .execution_options(synchronize_session=False))
+                if result.rowcount != 1:  # type: ignore[attr-defined]
+                    return True  # the lease was lost; whoever holds it now plans
+                for number, (first, last, size, token) in enumerate(partitions, start=1):
+                    uow.session.add(LaunchPartitionRow(
+                        launch_id=launch_id, number=number, first_id=first, last_id=last, size=size,
+                        resume_token=token, state=PENDING, attempts=0, last_error="", counts={}))
+                await uow.commit()
+            log.info("launches/%s planned: %d partitions", launch_id, len(partitions))
+        except DomainError as error:
+            await self._release_launch(launch_id, f"planning waits: {error.reason}: {error.message}")
+        except Exception:
+            log.exception("launches/%s planning failed", launch_id)
+            await self._release_launch(launch_id, "planning failed unexpectedly; retrying")
+        return True
+
+    async def _select(self, launch_id: str) -> bool:
+        partition = await self._claim_partition(launch_id)
+        if partition is None:
+            return False
+        try:
+            launch, campaign, offers = await self._context(launch_id)
+            result = await self.process_partition(launch, campaign, offers, partition)
+        except Exception as error:
+            if isinstance(error, DomainError):
+                message = f"partition {partition.number} waits: {error.reason}: {error.message}"
+            else:
+                log.exception("launches/%s partition %d failed", launch_id, partition.number)
+                message = f"partition {partition.number} failed unexpectedly; retrying"
+            await self._release_partition(partition, message)
+            return True
+        await self.complete_partition(partition, result)
+        return True
+
+    async def _release_partition(self, partition: LaunchPartitionRow, message: str) -> None:
+        now = self.clock()
+        async with self.uow_factory() as uow:
+            await uow.session.execute(
+                update(LaunchPartitionRow).where(LaunchPartitionRow.id == partition.id,
+                                                 LaunchPartitionRow.claimed_by == self.worker_id,
+                                                 LaunchPartitionRow.state == PENDING)
+                .values(claimed_by=None, lease_until=now + self.retry, last_error=message)
+                .execution_options(synchronize_session=False))
+            await uow.session.execute(update(LaunchRow).where(LaunchRow.launch_id == partition.launch_id)
+                                      .values(status_message=message, update_time=now)
+                                      .execution_options(synchronize_session=False))
+            await uow.commit()
+        log.warning("launches/%s: %s", partition.launch_id, message)
+
+    async def complete_partition(self, partition: LaunchPartitionRow, result: PartitionResult) -> bool:
+        """Stores the results and marks the partition DONE in one transaction, only if this worker still holds
+        its claim (else another replica took it over after the lease expired, and its results count)."""
+        now = self.clock()
+        async with self.uow_factory() as uow:
+            marked = await uow.session.execute(
+                update(LaunchPartitionRow).where(LaunchPartitionRow.id == partition.id,
+                                                 LaunchPartitionRow.claimed_by == self.worker_id,
+                                                 LaunchPartitionRow.state == PENDING)
+                .values(state=DONE, results=result.to_blob(), counts=result.counts, done_time=now,
+                        claimed_by=None, lease_until=None, last_error="")
+                .execution_options(synchronize_session=False))
+            if marked.rowcount != 1:  # type: ignore[attr-defined]
+                log.warning("launches/%s partition %d: claim lost, results discarded", partition.launch_id,
+                            partition.number)
+                return False
+            await uow.session.execute(
+                update(LaunchRow).where(LaunchRow.launch_id == partition.launch_id)
+                .values(partitions_done=LaunchRow.partitions_done + 1, status_message="", update_time=now)
+                .execution_options(synchronize_session=False))
+            await uow.session.execute(
+                update(LaunchRow).where(LaunchRow.launch_id == partition.launch_id, LaunchRow.state == SELECTING,
+                                        LaunchRow.partitions_done >= LaunchRow.partitions_total)
+                .values(state=ALLOCATING, claimed_by=None, lease_until=None)
+                .execution_options(synchronize_session=False))
+            await uow.commit()
+        return True
+
+    async def process_partition(self, launch: LaunchRow, campaign: Campaign, offers: Sequence[Offer],
+                                partition: LaunchPartitionRow) -> PartitionResult:
+        """Export, score, screen and assign one partition (no database writes)."""
+        ids: list[str] = []
+        columns: dict[str, list[Any]] = {f: [] for f in launch.fields}
+        async for batch in self.audience.export_audience(campaign.segment, launch.fields,
+                                                         batch_size=min(max(partition.size, 1), 10_000),
+                                                         as_of=launch.as_of, resume_token=partition.resume_token):
+            keep = [i for i, c in enumerate(batch.customer_ids) if c <= partition.last_id]
+            ids.extend(batch.customer_ids[i] for i in keep)
+            for name in launch.fields:
+                column = batch.columns.get(name) or [None] * len(batch.customer_ids)
+                columns[name].extend(column[i] for i in keep)
+            if len(keep) < len(batch.customer_ids) or (ids and ids[-1] >= partition.last_id):
+                break
+        n = len(ids)
+        groups = assign(campaign.campaign_id, ids, campaign.control_share, [a.share for a in campaign.arms])
+        attrs = {f.removeprefix("attr."): columns[f] for f in launch.fields if f.startswith("attr.")}
+        regions = columns.get("region") or [None] * n
+        zones = columns.get("time_zone") or [None] * n
+        probabilities = await self._score(launch, offers, n, attrs, regions)
+        allowed = await self._screen(launch, offers, campaign.channels, ids, attrs, regions, zones)
+        values = option_values(probabilities, offers, campaign.channels, allowed)
+        treated = groups >= 0
+        candidate = treated & np.any(np.nan_to_num(values, nan=0.0) > 0, axis=1)
+        id_array = np.asarray(ids, dtype=str)
+        return PartitionResult(
+            member_ids=id_array, groups=groups, candidate_ids=id_array[treated], values=values[treated],
+            probabilities=probabilities[treated],
+            counts={"customers": n, "control": int((~treated).sum()), "treated": int(treated.sum()),
+                    "candidates": int(candidate.sum())})
+
+    async def _score(self, launch: LaunchRow, offers: Sequence[Offer], n: int, attrs: dict[str, list[Any]],
+                     regions: Sequence[Any]) -> np.ndarray:
+        """customers x offers: each offer's champion (uplift, else propensity) in one pass over the partition,
+        else the heuristic, vectorised."""
+        out = np.zeros((n, len(offers)))
+        if n == 0:
+            return out
+        income = _numbers(attrs.get("income", [None] * n))
+        tolerance = _tolerance_levels(attrs.get("risk_tolerance", [None] * n))
+        examples: list[Example] | None = None
+        for j, offer in enumerate(offers):
+            champions = await self._champions(offer)
+            if champions:
+                if examples is None:
+                    examples = [Example({k: v[i] for k, v in attrs.items() if v[i] is not None}, None,
+                                        regions[i] or "", launch.as_of, {}) for i in range(n)]
+                model = champions[0][0]
+                out[:, j] = np.clip(model.score(build_frame(examples, model.spec)), 0.0, 1.0)
+            else:
+                out[:, j] = heuristic_probabilities(offer, income, tolerance)
+        return out
+
+    async def _screen(self, launch: LaunchRow, offers: Sequence[Offer], channels: Sequence[int], ids: Sequence[str],
+                      attrs: dict[str, list[Any]], regions: Sequence[Any], zones: Sequence[Any]
+                      ) -> dict[int, np.ndarray]:
+        """channel -> customers x offers, True where risk said ALLOW (fail closed: no verdict is no)."""
+        n = len(ids)
+        items = [BatchScreenItem(ids[i], customer_facts(regions[i] or "", zones[i] or "",
+                                                        {k: v[i] for k, v in attrs.items()})) for i in range(n)]
+        out: dict[int, np.ndarray] = {}
+        for channel in channels:
+            verdicts = await self.risk.screen_batch(offers, channel, launch.contact_time, items) if n else {}
+            allowed = np.zeros((n, len(offers)), dtype=bool)
+            for i, customer_id in enumerate(ids):
+                got = verdicts.get(customer_id) or {}
+                for j, offer in enumerate(offers):
+                    allowed[i, j] = got.get(offer.offer_id) == "ALLOW"
+            out[channel] = allowed
+        return out
+
+    async def _allocate(self, launch_id: str) -> bool:
+        if not await self._claim_launch(launch_id, ALLOCATING):
+            return False
+        try:
+            await self._allocate_claimed(launch_id)
+        except Exception as error:
+            if isinstance(error, DomainError):
+                message = f"allocation waits: {error.reason}: {error.message}"
+            else:
+                log.exception("launches/%s allocation failed", launch_id)
+                message = "allocation failed unexpectedly; retrying"
+            await self._release_launch(launch_id, message)
+        return True
+
+    async def _allocate_claimed(self, launch_id: str) -> None:
+        _launch, campaign, offers = await self._context(launch_id)
+        async with self.uow_factory() as uow:
+            blobs = list(await uow.session.scalars(
+                select(LaunchPartitionRow.results).where(LaunchPartitionRow.launch_id == launch_id,
+                                                         LaunchPartitionRow.state == DONE)
+                .order_by(LaunchPartitionRow.number)))
+        parts = [PartitionResult.from_blob(b) for b in blobs if b is not None]
+        channels = list(campaign.channels)
+        width = len(offers) * len(channels)
+        ids = np.concatenate([p.candidate_ids for p in parts]) if parts else np.zeros(0, dtype=str)
+        values = np.vstack([p.values for p in parts]) if parts else np.zeros((0, width))
+        probabilities = np.vstack([p.probabilities for p in parts]) if parts else np.zeros((0, len(offers)))
+        groups = {str(c): int(g) for p in parts for c, g in zip(p.member_ids, p.groups, strict=True) if g >= 0}
+        option_offer = [j for j in range(len(offers)) for _ in channels]
+        option_channel = [c for _ in offers for c in channels]
+        costs = np.tile(np.array([offers[j].contact_cost for j in option_offer], dtype=float), (len(ids), 1))
+        conversions = probabilities[:, option_offer] if len(ids) else np.zeros((0, width))
+        capacity = {channel_name(c): n for c, n in campaign.capacities.items() if c in channels}
+        budget = campaign.budget if campaign.budget > 0 else None
+        result = allocation.allocate(values, costs, [channel_name(c) for c in option_channel], budget=budget,
+                                     capacity=capacity, per_customer_cap=1, conversions=conversions,
+                                     method=self.allocation_method)
+        arms = [a.arm_id for a in campaign.arms]
+        chosen = np.nonzero(result.assignment >= 0)[0]
+        rows = [{
+            "delivery_key": f"{launch_id}:{ids[i]}", "launch_id": launch_id, "customer_id": str(ids[i]),
+            "offer_id": offers[option_offer[int(result.assignment[i])]].offer_id,
+            "channel": option_channel[int(result.assignment[i])], "arm_id": arms[groups[str(ids[i])]],
+            "expected_value": float(values[i, result.assignment[i]]),
+            "probability": float(probabilities[i, option_offer[int(result.assignment[i])]]),
+            "state": PENDING, "create_time": self.clock(),
+        } for i in chosen]
+        for start in range(0, len(rows), OUTBOX_CHUNK):
+            if not await self._renew_launch(launch_id):
+                return  # the lease was lost: the new holder writes (duplicates are impossible by the key)
+            async with self.uow_factory() as uow:
+                dialect = uow.session.bind.dialect.name
+                insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+                await uow.session.execute(insert(OutboxRow).values(rows[start:start + OUTBOX_CHUNK])
+                                          .on_conflict_do_nothing(index_elements=["delivery_key"]))
+                await uow.commit()
+        cut = Counter(r for r in result.cut_by if r)
+        report = {
+            "objective": result.objective, "method": result.method, "spend": result.spend,
+            "contacts_by_channel": result.contacts_by_channel, "binding": result.binding,
+            "constraint_costs": [{"constraint": c.constraint, "step": c.step, "value_gain": c.value_gain,
+                                  "conversions_gain": c.conversions_gain} for c in result.constraint_costs],
+            "cut_by": dict(cut), "expected_conversions": float(sum(r["probability"] for r in rows)),  # type: ignore[misc]
+            "outbox_messages": len(rows),
+        }
+        now = self.clock()
+        async with self.uow_factory() as uow:
+            await uow.session.execute(
+                update(LaunchRow).where(LaunchRow.launch_id == launch_id, LaunchRow.state == ALLOCATING,
+                                        LaunchRow.claimed_by == self.worker_id)
+                .values(state=DONE, report=_finite(report), claimed_by=None, lease_until=None, status_message="",
+                        update_time=now, done_time=now).execution_options(synchronize_session=False))
+            await uow.commit()
+        log.info("launches/%s done: %d outbox messages, objective %.2f (%s)", launch_id, len(rows),
+                 result.objective, result.method)
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe: NaN and infinities become None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
