@@ -4,6 +4,9 @@
     lodestar risk complaint CUSTOMER_ID --source S [--channel C] [--category K] [--actor A]
     lodestar risk content check (--text T | --file F) --product-type TYPE [--language zh|en]
     lodestar risk audit verify
+    lodestar risk credit train FILE --label COL [--id-column C] [--features a,b] [--categorical c] [--promote]
+    lodestar risk credit list | promote VERSION
+    lodestar risk credit score CUSTOMER_ID --feature NAME=VALUE ... [--income N] [--model VERSION]
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lodestar.common.v1 import common_pb2
-from lodestar.risk.v1 import audit_pb2, contact_policy_pb2, content_pb2, risk_service_pb2_grpc
+from lodestar.risk.v1 import audit_pb2, contact_policy_pb2, content_pb2, credit_pb2, risk_service_pb2_grpc
 from lodestar_cli import demo
 from lodestar_cli.main import CliError, Context, table, to_dict
 
@@ -92,6 +95,109 @@ def cmd_audit_verify(ctx: Context) -> int:
     return 0 if response.intact else 3
 
 
+_TRUE = {"1", "true", "yes", "y", "t", "1.0"}
+_FALSE = {"0", "false", "no", "n", "f", "0.0"}
+
+
+def _model_dict(model: credit_pb2.CreditModel) -> dict[str, Any]:
+    data = to_dict(model)
+    data["status"] = credit_pb2.CreditModelStatus.Name(model.status).removeprefix("CREDIT_MODEL_STATUS_")
+    return data
+
+
+def _read_rows(ctx: Context) -> list[credit_pb2.CreditTrainingRow]:
+    import pandas as pd
+    from tqdm import tqdm
+
+    args = ctx.args
+    path = Path(args.file)
+    if not path.exists():
+        raise CliError("INVALID_ARGUMENT", "FILE_NOT_FOUND", f"no such file: {args.file}")
+    frame = (pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype=str,
+                                                                                   keep_default_na=False))
+    if args.label not in frame.columns:
+        raise CliError("INVALID_ARGUMENT", "UNKNOWN_LABEL", f"no column {args.label!r} in {path.name}")
+    feature_columns = [c for c in frame.columns if c not in (args.label, args.id_column)]
+    rows = []
+    disabled = ctx.as_json or not ctx.err.isatty()
+    records = frame.astype(str).to_dict("records")
+    for i, record in enumerate(tqdm(records, unit="rows", file=ctx.err, disable=disabled, desc="reading")):
+        label = str(record[args.label]).strip().lower()
+        if label not in _TRUE | _FALSE:
+            raise CliError("INVALID_ARGUMENT", "INVALID_LABEL",
+                           f"row {i + 1}: the label must be true/false, yes/no or 1/0")
+        customer_id = str(record[args.id_column]) if args.id_column in record else f"row-{i + 1}"
+        features = {c: ("" if record[c] in ("nan", "None") else str(record[c])) for c in feature_columns}
+        rows.append(credit_pb2.CreditTrainingRow(customer_id=customer_id, features=features,
+                                                 defaulted=label in _TRUE))
+    return rows
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def cmd_credit_train(ctx: Context) -> int:
+    args = ctx.args
+    window = dict(item.split("=", 1) for item in args.window) if args.window else {}
+    request = credit_pb2.TrainCreditModelRequest(
+        rows=_read_rows(ctx), features=_split(args.features), categorical=_split(args.categorical),
+        training_window=window, folds=args.folds, promote=args.promote,
+        request_id=args.request_id or f"cli:{uuid.uuid4()}")
+    if not ctx.as_json and ctx.err.isatty():
+        ctx.err.write(f"training on {len(request.rows):,} rows...\n")
+    with ctx.channel("risk") as channel:
+        model = _stub(ctx, channel).TrainCreditModel(request, timeout=max(ctx.timeout, 300.0)).model
+    data = _model_dict(model)
+    ctx.emit({"model": data}, f"credit model {model.version} ({data['status'].lower()}): AUC {model.auc:.3f}, "
+             f"KS {model.ks:.3f}, Brier {model.brier:.4f}, {model.rows:,} rows; features "
+             f"{', '.join(model.features)}")
+    return 0
+
+
+def cmd_credit_list(ctx: Context) -> int:
+    with ctx.channel("risk") as channel:
+        response = _stub(ctx, channel).ListCreditModels(credit_pb2.ListCreditModelsRequest(page_size=100),
+                                                         timeout=ctx.timeout)
+    models = [_model_dict(m) for m in response.models]
+    rows = [(m["version"], m["status"], f"{m.get('auc', 0):.3f}", f"{m.get('ks', 0):.3f}",
+             f"{m.get('brier', 0):.4f}", str(m.get("rows", 0))) for m in models]
+    ctx.emit({"models": models}, table(rows, ("VERSION", "STATUS", "AUC", "KS", "BRIER", "ROWS")) if rows
+             else "no credit models")
+    return 0
+
+
+def cmd_credit_promote(ctx: Context) -> int:
+    request = credit_pb2.PromoteCreditModelRequest(name=f"creditModels/{ctx.args.version}",
+                                                   request_id=ctx.args.request_id or f"cli:{uuid.uuid4()}")
+    with ctx.channel("risk") as channel:
+        model = _stub(ctx, channel).PromoteCreditModel(request, timeout=ctx.timeout).model
+    ctx.emit({"model": _model_dict(model)}, f"credit model {model.version} is champion")
+    return 0
+
+
+def cmd_credit_score(ctx: Context) -> int:
+    args = ctx.args
+    features = {}
+    for item in args.feature or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise CliError("INVALID_ARGUMENT", "INVALID_ARGUMENT", f"--feature {item!r} must be NAME=VALUE")
+        features[name] = value
+    request = credit_pb2.ScoreCreditRequest(customer_id=args.customer_id, features=features,
+                                            model=f"creditModels/{args.model}" if args.model else "")
+    if args.income is not None:
+        request.monthly_income = args.income
+    with ctx.channel("risk") as channel:
+        response = _stub(ctx, channel).ScoreCredit(request, timeout=ctx.timeout)
+    band = response.limit_band
+    limit = f", max limit {band.max_limit:,.0f}" if band.HasField("max_limit") else ""
+    reasons = ", ".join(r.code for r in response.reasons) or "none"
+    ctx.emit(to_dict(response), f"PD {response.pd:.2%}, score {response.score:.0f}, band {band.band}{limit} "
+             f"({response.model}); adverse factors: {reasons}")
+    return 0
+
+
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
     risk = commands.add_parser("risk", parents=[common], help="do-not-contact, complaints, content, audit")
     risk_sub = risk.add_subparsers(dest="risk_command", required=True, metavar="COMMAND")
@@ -130,3 +236,30 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
     verify = audit_sub.add_parser("verify", parents=[common], help="recompute the chain (exit 3 when broken)")
     verify.set_defaults(handler=cmd_audit_verify)
+
+    credit = risk_sub.add_parser("credit", parents=[common], help="the credit-risk (PD) model registry")
+    credit_sub = credit.add_subparsers(dest="credit_command", required=True, metavar="COMMAND")
+    train = credit_sub.add_parser("train", parents=[common], help="train a PD scorecard from a CSV/Parquet file")
+    train.add_argument("file")
+    train.add_argument("--label", required=True, help="the default flag column (true/false, 1/0, yes/no)")
+    train.add_argument("--id-column", default="customer_id", help="the customer id column (default customer_id)")
+    train.add_argument("--features", default="", help="comma-separated; default: every other column")
+    train.add_argument("--categorical", default="", help="comma-separated; default: non-numeric columns")
+    train.add_argument("--window", action="append", default=[], metavar="KEY=VALUE",
+                       help="training window, e.g. --window cutoff=2025-01-01 --window window_days=365")
+    train.add_argument("--folds", type=int, default=5)
+    train.add_argument("--promote", action="store_true", help="make the new version champion")
+    train.add_argument("--request-id", default="")
+    train.set_defaults(handler=cmd_credit_train)
+    listing = credit_sub.add_parser("list", parents=[common], help="the model versions, newest first")
+    listing.set_defaults(handler=cmd_credit_list)
+    promote = credit_sub.add_parser("promote", parents=[common], help="make a version champion")
+    promote.add_argument("version")
+    promote.add_argument("--request-id", default="")
+    promote.set_defaults(handler=cmd_credit_promote)
+    score = credit_sub.add_parser("score", parents=[common], help="score one applicant with the champion")
+    score.add_argument("customer_id")
+    score.add_argument("--feature", action="append", metavar="NAME=VALUE", help="repeat per feature")
+    score.add_argument("--income", type=float, default=None, help="monthly income (gives the max limit)")
+    score.add_argument("--model", default="", help="a version instead of the champion")
+    score.set_defaults(handler=cmd_credit_score)

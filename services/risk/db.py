@@ -7,6 +7,7 @@ written in the call's transaction.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,11 +15,17 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Column,
+    Float,
     Index,
     Integer,
+    MetaData,
     String,
+    Table,
     Text,
     and_,
+    any_,
+    bindparam,
     func,
     insert,
     or_,
@@ -26,8 +33,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 from services.platform.db import IdempotencyKeyMixin, UnitOfWork, UtcDateTime, new_metadata, utcnow
 from services.risk.audit import GENESIS, AuditEntry, chain
@@ -38,6 +47,8 @@ from services.risk.domain import (
     ConsentRecord,
     ContactState,
     CountedContact,
+    CreditModelInfo,
+    CreditModelStatus,
     DoNotContactAction,
     DoNotContactEntry,
     HistoryPosition,
@@ -84,6 +95,32 @@ class ScreeningDecisionRow(Base):
     # [{"offer_id": ..., "verdict": "DENY", "reasons": ["CONSENT_MISSING", ...]}, ...] in request order.
     verdicts: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     create_time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class EncodedJson(TypeDecorator[str]):
+    """A JSON column written from text encoded beforehand: ScreenBatch encodes the verdicts of each screening
+    signature once and writes that text for every customer who shares it (no per-row json.dumps). Reading is
+    through the ORM model's JSON type, so the values read back are the same lists of dicts."""
+
+    impl = JSON
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        if dialect.name == "postgresql":
+            from psycopg.types.json import Json  # the psycopg 3 dialect's JSON adapter, with the text as is
+
+            return lambda value: Json(value, dumps=str)
+        return None  # SQLite stores JSON as the text itself
+
+
+# The decision table as Core sees it for the batch insert: the same table and columns as ScreeningDecisionRow,
+# verdicts pre-encoded. Its own MetaData, so migrations and drift checks only ever see the model above.
+DECISIONS_ENCODED = Table(
+    "screening_decisions", MetaData(),
+    Column("id", Integer, primary_key=True), Column("customer_id", String(128)), Column("channel", String(16)),
+    Column("contact_time", UtcDateTime()), Column("policy_version", String(32)), Column("verdicts", EncodedJson()),
+    Column("create_time", UtcDateTime()),
+)
 
 
 class IdempotencyKey(IdempotencyKeyMixin, Base):
@@ -166,6 +203,32 @@ class AuditHeadRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class CreditModelRow(Base):
+    """The credit model registry: one row per trained PD scorecard version, its metrics and its JSON artefact.
+    At most one row has status CHAMPION (promotions serialise on the audit head lock)."""
+
+    __tablename__ = "credit_models"
+    __table_args__ = (Index("ix_credit_models_status", "status"),)
+
+    version: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # Numeric order of versions ("10" after "9").
+    ordinal: Mapped[int] = mapped_column(Integer, unique=True)
+    status: Mapped[str] = mapped_column(String(16))
+    features: Mapped[list[str]] = mapped_column(JSON)
+    candidate_features: Mapped[list[str]] = mapped_column(JSON)
+    training_window: Mapped[dict[str, str]] = mapped_column(JSON)
+    rows: Mapped[int] = mapped_column(Integer)
+    default_rate: Mapped[float] = mapped_column(Float)
+    auc: Mapped[float] = mapped_column(Float)
+    ks: Mapped[float] = mapped_column(Float)
+    brier: Mapped[float] = mapped_column(Float)
+    decline_pd: Mapped[float] = mapped_column(Float)
+    # PdModel.to_json(): plain JSON, restores the model bit for bit.
+    artefact: Mapped[str] = mapped_column(Text)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    promote_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
 IN_CHUNK = 2000
@@ -253,6 +316,11 @@ class ScreeningDecisionRepository:
         if rows:
             await self.session.execute(insert(ScreeningDecisionRow), rows)
 
+    async def add_encoded(self, rows: list[dict[str, Any]]) -> None:
+        """One Core executemany of decision rows whose `verdicts` is JSON text already (DECISIONS_ENCODED)."""
+        if rows:
+            await self.session.execute(DECISIONS_ENCODED.insert(), rows)
+
     def add(self, request: ScreeningRequest, result: ScreeningResult) -> None:
         self.session.add(
             ScreeningDecisionRow(
@@ -277,9 +345,11 @@ class ContactStateRepository:
     async def load(self, customer_ids: Sequence[str], *, now: datetime, earliest: datetime, latest: datetime,
                    with_contacts: bool = True) -> dict[str, ContactState]:
         """State per customer: latest consent per (channel, purpose), do-not-contact, last complaint, and the
-        confirmed or active (unexpired) reservations with contact_time in [earliest, latest]."""
-        states = {customer_id: ContactState() for customer_id in customer_ids}
-        ids = list(states)
+        confirmed or active (unexpired) reservations with contact_time in [earliest, latest]. Customers risk
+        holds nothing about are absent (their state is an empty ContactState: see NO_STATE)."""
+        states: dict[str, ContactState] = {}
+        ids = list(dict.fromkeys(customer_ids))
+        dialect = self.session.bind.dialect.name
         for chunk in _chunks(ids):
             ranked = select(
                 ConsentRecordRow,
@@ -287,7 +357,7 @@ class ContactStateRepository:
                     partition_by=(ConsentRecordRow.customer_id, ConsentRecordRow.channel, ConsentRecordRow.purpose),
                     order_by=(ConsentRecordRow.record_time.desc(), ConsentRecordRow.id.desc()),
                 ).label("rank"),
-            ).where(ConsentRecordRow.customer_id.in_(chunk)).subquery()
+            ).where(_among(ConsentRecordRow.customer_id, chunk, dialect)).subquery()
             latest_consents = select(ranked).where(ranked.c.rank == 1)
             for row in (await self.session.execute(latest_consents)).mappings():
                 record = ConsentRecord(
@@ -296,33 +366,52 @@ class ContactStateRepository:
                     source=row["source"], actor=row["actor"], record_time=row["record_time"],
                     expire_time=row["expire_time"], record_id=row["id"],
                 )
-                states[record.customer_id].consents[(record.channel, record.purpose)] = record
+                _state(states, record.customer_id).consents[(record.channel, record.purpose)] = record
             dnc_ranked = select(
                 DoNotContactRow.customer_id, DoNotContactRow.action,
                 func.row_number().over(
                     partition_by=DoNotContactRow.customer_id,
                     order_by=(DoNotContactRow.record_time.desc(), DoNotContactRow.id.desc()),
                 ).label("rank"),
-            ).where(DoNotContactRow.customer_id.in_(chunk)).subquery()
+            ).where(_among(DoNotContactRow.customer_id, chunk, dialect)).subquery()
             for customer_id, action in await self.session.execute(
                 select(dnc_ranked.c.customer_id, dnc_ranked.c.action).where(dnc_ranked.c.rank == 1)
             ):
-                states[customer_id].do_not_contact = action == DoNotContactAction.ADD.value
+                _state(states, customer_id).do_not_contact = action == DoNotContactAction.ADD.value
             complaints = await self.session.execute(
                 select(ComplaintRow.customer_id, func.max(ComplaintRow.record_time))
-                .where(ComplaintRow.customer_id.in_(chunk)).group_by(ComplaintRow.customer_id)
+                .where(_among(ComplaintRow.customer_id, chunk, dialect)).group_by(ComplaintRow.customer_id)
             )
             for customer_id, last in complaints:
-                states[customer_id].last_complaint = last
+                _state(states, customer_id).last_complaint = last
             if with_contacts:
                 for customer_id, channel, contact_time in await self.session.execute(
                     _counted(now).where(
-                        ReservationRow.customer_id.in_(chunk),
+                        _among(ReservationRow.customer_id, chunk, dialect),
                         ReservationRow.contact_time >= earliest, ReservationRow.contact_time <= latest,
                     )
                 ):
-                    states[customer_id].contacts.append(CountedContact(Channel(channel), contact_time))
+                    _state(states, customer_id).contacts.append(CountedContact(Channel(channel), contact_time))
         return states
+
+
+def _among(column: Any, ids: Sequence[str], dialect: str) -> Any:
+    """`column IN ids` with the ids as ONE bound value: an array on PostgreSQL (= ANY), a JSON array read by
+    json_each on SQLite. A plain IN renders and binds one parameter per id, which costs more than the query
+    itself for thousands of ids per ScreenBatch message."""
+    if dialect == "postgresql":
+        return column == any_(bindparam(None, list(ids), type_=postgresql.ARRAY(String)))
+    if dialect == "sqlite":
+        values = func.json_each(bindparam(None, json.dumps(list(ids)), type_=Text)).table_valued("value")
+        return column.in_(select(values.c.value))
+    return column.in_(ids)
+
+
+def _state(states: dict[str, ContactState], customer_id: str) -> ContactState:
+    state = states.get(customer_id)
+    if state is None:
+        state = states[customer_id] = ContactState()
+    return state
 
 
 def _counted(now: datetime) -> Any:
@@ -441,6 +530,50 @@ class AuditRepository:
                            r.prev_hash, r.hash) for r in rows]
 
 
+def credit_model_to_domain(row: CreditModelRow) -> CreditModelInfo:
+    return CreditModelInfo(
+        version=row.version, status=CreditModelStatus(row.status), features=tuple(row.features),
+        candidate_features=tuple(row.candidate_features), training_window=dict(row.training_window or {}),
+        rows=row.rows, default_rate=row.default_rate, auc=row.auc, ks=row.ks, brier=row.brier,
+        decline_pd=row.decline_pd, create_time=row.create_time, promote_time=row.promote_time,
+    )
+
+
+class CreditModelRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def next_ordinal(self) -> int:
+        return int(await self.session.scalar(select(func.max(CreditModelRow.ordinal))) or 0) + 1
+
+    async def add(self, row: CreditModelRow) -> CreditModelRow:
+        self.session.add(row)
+        await self.session.flush()
+        return row
+
+    async def get(self, version: str) -> CreditModelRow | None:
+        return await self.session.scalar(select(CreditModelRow).where(CreditModelRow.version == version))
+
+    async def champion_version(self) -> str | None:
+        return await self.session.scalar(
+            select(CreditModelRow.version).where(CreditModelRow.status == CreditModelStatus.CHAMPION.value)
+            .order_by(CreditModelRow.ordinal.desc()).limit(1))
+
+    async def artefact(self, version: str) -> str | None:
+        return await self.session.scalar(select(CreditModelRow.artefact).where(CreditModelRow.version == version))
+
+    async def page(self, before_ordinal: int | None, limit: int) -> list[CreditModelRow]:
+        query = select(CreditModelRow)
+        if before_ordinal is not None:
+            query = query.where(CreditModelRow.ordinal < before_ordinal)
+        return list(await self.session.scalars(query.order_by(CreditModelRow.ordinal.desc()).limit(limit)))
+
+    async def demote_champions(self) -> None:
+        await self.session.execute(
+            update(CreditModelRow).where(CreditModelRow.status == CreditModelStatus.CHAMPION.value)
+            .values(status=CreditModelStatus.CHALLENGER.value))
+
+
 class RiskUnitOfWork(UnitOfWork):
     consents: ConsentRepository
     decisions: ScreeningDecisionRepository
@@ -448,8 +581,10 @@ class RiskUnitOfWork(UnitOfWork):
     reservations: ReservationRepository
     policy: PolicyRepository
     audit: AuditRepository
+    credit_models: CreditModelRepository
 
     def _enter_repositories(self) -> None:
+        self.credit_models = CreditModelRepository(self.session)
         self.consents = ConsentRepository(self.session)
         self.decisions = ScreeningDecisionRepository(self.session)
         self.states = ContactStateRepository(self.session)

@@ -81,6 +81,22 @@ class CustomerFacts:
     risk_tolerance: int = 0
     in_collections: bool = False
     vulnerable: bool = False
+    # The applicant's credit features (name, value as text), sorted by name; scored by the champion credit model.
+    credit_features: tuple[tuple[str, str], ...] = ()
+    monthly_income: float | None = None
+
+
+@dataclass(frozen=True)
+class CreditLimit:
+    """The pre-approved limit band of a credit offer, from the credit model that scored the customer."""
+
+    band: str
+    income_multiple: float
+    max_limit: float | None
+    declined: bool
+    model_version: str
+    pd: float
+    score: float
 
 
 @dataclass(frozen=True)
@@ -105,6 +121,8 @@ class OfferVerdict:
     offer_id: str
     verdict: Verdict
     reasons: tuple[Reason, ...] = ()
+    # Credit offers scored by the champion credit model only.
+    limit_band: CreditLimit | None = None
 
 
 @dataclass(frozen=True)
@@ -302,3 +320,52 @@ def time_to_json(value: datetime) -> bytes:
 
 def time_from_json(raw: bytes) -> datetime:
     return datetime.fromisoformat(raw.decode())
+
+
+# --- credit model registry -----------------------------------------------------------------------------------
+
+class CreditModelStatus(StrEnum):
+    CHAMPION = "CHAMPION"
+    CHALLENGER = "CHALLENGER"
+
+
+@dataclass(frozen=True)
+class CreditModelInfo:
+    """A registry entry: what ListCreditModels shows (the JSON artefact stays in the database)."""
+
+    version: str
+    status: CreditModelStatus
+    features: tuple[str, ...]
+    candidate_features: tuple[str, ...]
+    training_window: dict[str, str]
+    rows: int
+    default_rate: float
+    auc: float
+    ks: float
+    brier: float
+    decline_pd: float
+    create_time: datetime
+    promote_time: datetime | None = None
+
+
+def credit_model_to_json(info: CreditModelInfo) -> bytes:
+    data = {
+        "version": info.version, "status": info.status.value, "features": list(info.features),
+        "candidate_features": list(info.candidate_features), "training_window": info.training_window,
+        "rows": info.rows, "default_rate": info.default_rate, "auc": info.auc, "ks": info.ks, "brier": info.brier,
+        "decline_pd": info.decline_pd, "create_time": info.create_time.isoformat(),
+        "promote_time": info.promote_time.isoformat() if info.promote_time else None,
+    }
+    return json.dumps(data, sort_keys=True).encode()
+
+
+def credit_model_from_json(raw: bytes) -> CreditModelInfo:
+    data = json.loads(raw)
+    return CreditModelInfo(
+        version=data["version"], status=CreditModelStatus(data["status"]), features=tuple(data["features"]),
+        candidate_features=tuple(data["candidate_features"]), training_window=dict(data["training_window"]),
+        rows=int(data["rows"]), default_rate=float(data["default_rate"]), auc=float(data["auc"]),
+        ks=float(data["ks"]), brier=float(data["brier"]), decline_pd=float(data["decline_pd"]),
+        create_time=datetime.fromisoformat(data["create_time"]),
+        promote_time=datetime.fromisoformat(data["promote_time"]) if data["promote_time"] else None,
+    )

@@ -5,8 +5,9 @@ Spans carry the customer only as `masking.customer_token` (ATTR_CUSTOMER_TOKEN),
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, date, datetime
 from functools import lru_cache
 from typing import Any
@@ -21,6 +22,7 @@ from lodestar.risk.v1 import (
     audit_pb2,
     contact_policy_pb2,
     content_pb2,
+    credit_pb2,
     risk_service_pb2,
     risk_service_pb2_grpc,
     screening_pb2,
@@ -39,14 +41,20 @@ from services.platform.validation import (
     check_enum,
     check_id,
     check_time_zone,
+    parse_name,
 )
 from services.risk import content
+from services.risk.credit import CreditScore
+from services.risk.credit_support import TrainingRow
 from services.risk.domain import (
     BatchItem,
     Channel,
     ConsentAction,
     ConsentPurpose,
     ConsentRecord,
+    CreditLimit,
+    CreditModelInfo,
+    CreditModelStatus,
     CustomerFacts,
     DoNotContactAction,
     DoNotContactEntry,
@@ -70,6 +78,12 @@ MAX_CATEGORY = 64
 MIN_BIRTH_DATE = date(1900, 1, 1)
 MAX_BATCH_ITEMS = 10_000
 MAX_CONTENT_CHARS = 20_000
+MAX_CREDIT_FEATURES = 200
+MAX_FEATURE_NAME = 64
+MAX_FEATURE_VALUE = 128
+MAX_TRAINING_ROWS = 200_000
+MAX_WINDOW_ENTRIES = 16
+_FEATURE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 _DELIVERY_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
 
@@ -176,7 +190,40 @@ def facts_from_proto(facts: screening_pb2.CustomerFacts) -> CustomerFacts:
     return CustomerFacts(
         birth_date=birth_date, time_zone=facts.time_zone, region=facts.region, risk_tolerance=tolerance,
         in_collections=facts.in_collections, vulnerable=facts.vulnerable,
+        credit_features=credit_features_from_proto(facts.credit_features, "facts.credit_features"),
+        monthly_income=income_from_proto(facts, "facts.monthly_income"),
     )
+
+
+def check_features(features: Mapping[str, str], field: str) -> dict[str, str]:
+    """Feature names and values of a credit map (values are text; never echoed in an error)."""
+    if len(features) > MAX_CREDIT_FEATURES:
+        raise InvalidArgument.field(field, f"at most {MAX_CREDIT_FEATURES} features", reason="TOO_MANY_FEATURES")
+    for name, value in features.items():
+        if not _FEATURE_NAME.match(name):
+            raise InvalidArgument.field(f"{field}[{name[:MAX_FEATURE_NAME]}]",
+                                        "a feature name is 1-64 letters, digits, '_', '.', '-', starting with a "
+                                        "letter or '_'", reason="INVALID_FEATURE_NAME")
+        if len(value) > MAX_FEATURE_VALUE:
+            raise InvalidArgument.field(f"{field}[{name}]", f"must be at most {MAX_FEATURE_VALUE} characters",
+                                        reason="INVALID_FEATURE_VALUE")
+    return dict(features)
+
+
+def credit_features_from_proto(features: Mapping[str, str], field: str) -> tuple[tuple[str, str], ...]:
+    if not features:
+        return ()
+    return tuple(sorted(check_features(features, field).items()))
+
+
+def income_from_proto(message: screening_pb2.CustomerFacts | credit_pb2.ScoreCreditRequest,
+                      field: str) -> float | None:
+    if not message.HasField("monthly_income"):
+        return None
+    income = message.monthly_income
+    if not (math.isfinite(income) and income >= 0):
+        raise InvalidArgument.field(field, "must be a non-negative number", reason="INVALID_INCOME")
+    return income
 
 
 def screening_from_proto(request: screening_pb2.ScreenRequest) -> ScreeningRequest:
@@ -194,17 +241,79 @@ def screening_from_proto(request: screening_pb2.ScreenRequest) -> ScreeningReque
     return ScreeningRequest(customer_id, channel_from_proto(channel), contact_time, facts, offers)
 
 
+def limit_to_proto(limit: CreditLimit) -> credit_pb2.CreditLimitBand:
+    band = credit_pb2.CreditLimitBand(band=limit.band, income_multiple=limit.income_multiple,
+                                      declined=limit.declined)
+    if limit.max_limit is not None:
+        band.max_limit = limit.max_limit
+    return band
+
+
 def screening_to_proto(result: ScreeningResult) -> screening_pb2.ScreenResponse:
-    return screening_pb2.ScreenResponse(
-        verdicts=[
-            screening_pb2.OfferVerdict(
-                offer_id=v.offer_id, verdict=verdict_to_proto(v.verdict),
-                reasons=[reason_to_proto(r) for r in v.reasons],
-            )
-            for v in result.verdicts
-        ],
-        policy_version=result.policy_version,
+    response = screening_pb2.ScreenResponse(policy_version=result.policy_version)
+    for v in result.verdicts:
+        out = response.verdicts.add(offer_id=v.offer_id, verdict=verdict_to_proto(v.verdict),
+                                    reasons=[reason_to_proto(r) for r in v.reasons])
+        if v.limit_band is not None:
+            out.limit_band.CopyFrom(limit_to_proto(v.limit_band))
+            out.credit_model = f"creditModels/{v.limit_band.model_version}"
+    return response
+
+
+# --- credit models -----------------------------------------------------------------------------------------
+
+_MODEL_STATUS = {s: credit_pb2.CreditModelStatus.Value(f"CREDIT_MODEL_STATUS_{s.value}") for s in CreditModelStatus}
+
+
+def credit_model_to_proto(info: CreditModelInfo) -> credit_pb2.CreditModel:
+    message = credit_pb2.CreditModel(
+        name=f"creditModels/{info.version}", version=info.version, status=_MODEL_STATUS[info.status],
+        features=list(info.features), candidate_features=list(info.candidate_features),
+        training_window=info.training_window, rows=info.rows, default_rate=info.default_rate, auc=info.auc,
+        ks=info.ks, brier=info.brier, decline_pd=info.decline_pd,
     )
+    message.create_time.CopyFrom(_timestamp(info.create_time))
+    if info.promote_time is not None:
+        message.promote_time.CopyFrom(_timestamp(info.promote_time))
+    return message
+
+
+def training_rows_from_proto(request: credit_pb2.TrainCreditModelRequest) -> list[TrainingRow]:
+    if len(request.rows) > MAX_TRAINING_ROWS:
+        raise InvalidArgument.field("rows", f"at most {MAX_TRAINING_ROWS} rows per call", reason="TOO_MANY_ROWS")
+    rows = []
+    seen: set[str] = set()
+    for i, row in enumerate(request.rows):
+        customer_id = check_id(row.customer_id, f"rows[{i}].customer_id")
+        if customer_id in seen:
+            raise InvalidArgument.field(f"rows[{i}].customer_id", "a customer appears at most once",
+                                        reason="DUPLICATE_CUSTOMER")
+        seen.add(customer_id)
+        rows.append(TrainingRow(customer_id, check_features(row.features, f"rows[{i}].features"), row.defaulted))
+    for field, names in (("features", request.features), ("categorical", request.categorical)):
+        for j, name in enumerate(names):
+            if not _FEATURE_NAME.match(name):
+                raise InvalidArgument.field(f"{field}[{j}]", "is not a valid feature name",
+                                            reason="INVALID_FEATURE_NAME")
+    if len(request.training_window) > MAX_WINDOW_ENTRIES or any(
+            len(k) > 64 or len(v) > 64 for k, v in request.training_window.items()):
+        raise InvalidArgument.field("training_window", f"at most {MAX_WINDOW_ENTRIES} entries of at most 64 "
+                                    "characters", reason="INVALID_TRAINING_WINDOW")
+    return rows
+
+
+def credit_score_to_proto(version: str, score: CreditScore) -> credit_pb2.ScoreCreditResponse:
+    band = score.limit_band
+    response = credit_pb2.ScoreCreditResponse(
+        model=f"creditModels/{version}", pd=score.pd, score=score.score,
+        reasons=[credit_pb2.CreditReason(code=r.code, feature=r.feature, bin=r.bin, points_lost=r.points_lost)
+                 for r in score.reasons],
+        limit_band=credit_pb2.CreditLimitBand(band=band.band, income_multiple=band.income_multiple,
+                                              declined=band.declined),
+    )
+    if band.max_limit is not None:
+        response.limit_band.max_limit = band.max_limit
+    return response
 
 
 # --- consent -----------------------------------------------------------------------------------------------
@@ -307,6 +416,13 @@ def _batch_facts(facts: screening_pb2.CustomerFacts, field: str) -> CustomerFact
                                     reason="UNKNOWN_ENUM_VALUE")
     if len(facts.region) > 16:
         raise InvalidArgument.field(f"{field}.region", "must be an ISO 3166 code such as CN or CN-31")
+    if facts.credit_features or facts.HasField("monthly_income"):
+        return CustomerFacts(
+            birth_date=birth, time_zone=facts.time_zone, region=facts.region, risk_tolerance=facts.risk_tolerance,
+            in_collections=facts.in_collections, vulnerable=facts.vulnerable,
+            credit_features=credit_features_from_proto(facts.credit_features, f"{field}.credit_features"),
+            monthly_income=income_from_proto(facts, f"{field}.monthly_income"),
+        )
     return CustomerFacts(birth, facts.time_zone, facts.region, facts.risk_tolerance, facts.in_collections,
                          facts.vulnerable)
 
@@ -365,10 +481,13 @@ def batch_to_proto(batch_id: str, items: list[BatchItem],
         verdicts = customer.verdicts
         for v in result.verdicts:
             if v.reasons:
-                verdicts.add(offer_id=v.offer_id, verdict=_VERDICTS[v.verdict],
-                             reasons=[_REASONS[r] for r in v.reasons])
+                out_v = verdicts.add(offer_id=v.offer_id, verdict=_VERDICTS[v.verdict],
+                                     reasons=[_REASONS[r] for r in v.reasons])
             else:
-                verdicts.add(offer_id=v.offer_id, verdict=_VERDICTS[v.verdict])
+                out_v = verdicts.add(offer_id=v.offer_id, verdict=_VERDICTS[v.verdict])
+            if v.limit_band is not None:
+                out_v.limit_band.CopyFrom(limit_to_proto(v.limit_band))
+                out_v.credit_model = f"creditModels/{v.limit_band.model_version}"
     return response
 
 
@@ -590,3 +709,49 @@ class RiskHandlers(risk_service_pb2_grpc.RiskServiceServicer):
             problem=audit_pb2.AuditProblem.Value(f"AUDIT_PROBLEM_{result.problem or 'UNSPECIFIED'}"),
             detail=result.detail, head_hash=result.head_hash,
         )
+
+    # --- credit models -------------------------------------------------------------------------------------------
+
+    async def TrainCreditModel(self, request: credit_pb2.TrainCreditModelRequest,
+                               context: grpc.aio.ServicerContext) -> credit_pb2.TrainCreditModelResponse:
+        key = key_for("TrainCreditModel", request)
+        rows = training_rows_from_proto(request)
+        info = await self.service.train_credit_model(
+            rows, features=list(request.features), categorical=list(request.categorical),
+            training_window=dict(request.training_window), folds=request.folds or 5, promote=request.promote,
+            actor="api", key=key)
+        return credit_pb2.TrainCreditModelResponse(model=credit_model_to_proto(info))
+
+    async def ListCreditModels(self, request: credit_pb2.ListCreditModelsRequest,
+                               context: grpc.aio.ServicerContext) -> credit_pb2.ListCreditModelsResponse:
+        size = pagination.page_size(request.page_size)
+        fingerprint = pagination.query_fingerprint(collection="creditModels")
+        position = pagination.decode_page_token(request.page_token, fingerprint)
+        before = None
+        if position is not None:
+            before = position.get("before")
+            if not isinstance(before, int):
+                raise InvalidArgument.field("page_token", "is not a token this list returned",
+                                            reason="INVALID_PAGE_TOKEN")
+        models, next_before = await self.service.list_credit_models(before, size)
+        token = ""  # nosec B105 - an empty page token (last page), not a password
+        if next_before is not None:
+            token = pagination.encode_page_token({"before": next_before}, fingerprint)
+        return credit_pb2.ListCreditModelsResponse(models=[credit_model_to_proto(m) for m in models],
+                                                   next_page_token=token)
+
+    async def PromoteCreditModel(self, request: credit_pb2.PromoteCreditModelRequest,
+                                 context: grpc.aio.ServicerContext) -> credit_pb2.PromoteCreditModelResponse:
+        version = parse_name(request.name, "creditModels")
+        info = await self.service.promote_credit_model(version, "api", key_for("PromoteCreditModel", request))
+        return credit_pb2.PromoteCreditModelResponse(model=credit_model_to_proto(info))
+
+    async def ScoreCredit(self, request: credit_pb2.ScoreCreditRequest,
+                          context: grpc.aio.ServicerContext) -> credit_pb2.ScoreCreditResponse:
+        customer_id = check_id(request.customer_id, "customer_id")
+        _mark_customer(customer_id)
+        features = check_features(request.features, "features")
+        income = income_from_proto(request, "monthly_income")
+        version = parse_name(request.model, "creditModels", "model") if request.model else None
+        used, score = await self.service.score_credit(customer_id, features, income, version)
+        return credit_score_to_proto(used, score)

@@ -22,7 +22,9 @@ hold reasons that applied.
    - age under 18 on the contact date -> DENY UNDERAGE. The contact date is the customer's local date when
      the time zone is known, else the UTC date; the 18th birthday itself counts as 18 (someone born on
      29 February turns 18 on 1 March in a non-leap year);
-   - in_collections -> DENY IN_COLLECTIONS.
+   - in_collections -> DENY IN_COLLECTIONS;
+   - a champion credit model scored the customer's credit features (facts.credit_features) at a PD at or
+     above its decline cut-off -> DENY CREDIT_DECLINED (the scoring is the service's; see docs/credit-risk.md).
 4. Suitability (any product with a risk level): R(n) above the tolerance C(m), n > m -> DENY UNSUITABLE.
    An unspecified tolerance counts as C1; a product without a risk level is not checked.
 5. Vulnerable customers: a product of risk level R4 or above, or any credit product -> DENY
@@ -156,7 +158,8 @@ def contact_reasons(
     return reasons
 
 
-def offer_reasons(offer: OfferSubject, facts: CustomerFacts, contact_date: date) -> list[Reason]:
+def offer_reasons(offer: OfferSubject, facts: CustomerFacts, contact_date: date,
+                  credit_declined: bool = False) -> list[Reason]:
     """Reasons that depend on the offer (rules 3 to 5)."""
     reasons: list[Reason] = []
     credit = offer.product_type in CREDIT_PRODUCTS
@@ -167,6 +170,8 @@ def offer_reasons(offer: OfferSubject, facts: CustomerFacts, contact_date: date)
             reasons.append(Reason.UNDERAGE)
         if facts.in_collections:
             reasons.append(Reason.IN_COLLECTIONS)
+        if credit_declined:
+            reasons.append(Reason.CREDIT_DECLINED)
     tolerance = facts.risk_tolerance or DEFAULT_RISK_TOLERANCE
     if offer.risk_level and offer.risk_level > tolerance:
         reasons.append(Reason.UNSUITABLE)
@@ -249,11 +254,12 @@ def verdict_for(reasons: list[Reason] | tuple[Reason, ...]) -> Verdict:
 def screen(
     request: ScreeningRequest, consents: Mapping[ConsentKey, ConsentRecord],
     quiet: QuietHours = DEFAULT_QUIET_HOURS, *, state: ContactState | None = None,
-    policy: ContactPolicy = NO_POLICY,
+    policy: ContactPolicy = NO_POLICY, credit_declined: bool = False,
 ) -> ScreeningResult:
     """Screens every offer of `request`. `consents` holds the latest record per (channel, purpose) of the
     customer; only the key `required_consent(request.channel)` is read by rule 1 (every MARKETING one by
-    rule 7). `state` (do-not-contact, complaints, counted contacts) enables rules 6 to 8."""
+    rule 7). `state` (do-not-contact, complaints, counted contacts) enables rules 6 to 8. `credit_declined`: the
+    champion credit model declined the customer (rule 3, credit products only)."""
     if request.contact_time.tzinfo is None:
         raise ValueError("contact_time must be timezone-aware")
     common = contact_reasons(request.channel, request.contact_time, request.facts, consents, quiet)
@@ -267,6 +273,7 @@ def screen(
     contact_date = request.contact_time.astimezone(zone).date()
     verdicts = []
     for offer in request.offers:
-        reasons = tuple(dict.fromkeys([*common, *offer_reasons(offer, request.facts, contact_date)]))
+        reasons = tuple(dict.fromkeys([*common, *offer_reasons(offer, request.facts, contact_date,
+                                                               credit_declined)]))
         verdicts.append(OfferVerdict(offer.offer_id, verdict_for(reasons), reasons))
     return ScreeningResult(tuple(verdicts), POLICY_VERSION)

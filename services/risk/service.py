@@ -7,9 +7,13 @@ reservations) is loaded for a whole request in a few set-based queries.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import hashlib
+import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy.exc
@@ -18,9 +22,10 @@ from services.platform.db import utcnow
 from services.platform.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.platform.idempotency import Codec, IdempotencyKey, run_idempotent
 from services.platform.masking import customer_token
-from services.risk import audit, rules
+from services.risk import audit, credit_support, rules
+from services.risk.credit import CreditDataError, CreditScore, PdModel, train_pd_model
+from services.risk.db import CreditModelRow, RiskUnitOfWork, credit_model_to_domain, reservation_to_domain
 from services.risk.db import IdempotencyKey as IdempotencyKeyRow
-from services.risk.db import RiskUnitOfWork, reservation_to_domain
 from services.risk.domain import (
     AuditVerification,
     BatchItem,
@@ -28,6 +33,10 @@ from services.risk.domain import (
     ConsentPage,
     ConsentRecord,
     ContactPolicy,
+    ContactState,
+    CreditLimit,
+    CreditModelInfo,
+    CreditModelStatus,
     DoNotContactEntry,
     HistoryPosition,
     OfferSubject,
@@ -41,6 +50,8 @@ from services.risk.domain import (
     Verdict,
     consent_from_json,
     consent_to_json,
+    credit_model_from_json,
+    credit_model_to_json,
     dnc_from_json,
     dnc_to_json,
     time_from_json,
@@ -52,12 +63,61 @@ log = logging.getLogger("lodestar.risk")
 CONSENT_CODEC = Codec(encode=consent_to_json, decode=consent_from_json)
 DNC_CODEC = Codec(encode=dnc_to_json, decode=dnc_from_json)
 TIME_CODEC = Codec(encode=time_to_json, decode=time_from_json)
+CREDIT_MODEL_CODEC = Codec(encode=credit_model_to_json, decode=credit_model_from_json)
+CREDIT_PRODUCT_TYPES = rules.CREDIT_PRODUCTS
 VERIFY_PAGE = 5000
 
 
 def _verdict_json(verdicts: Sequence[OfferVerdict]) -> list[dict[str, object]]:
-    return [{"offer_id": v.offer_id, "verdict": v.verdict.value, "reasons": [r.value for r in v.reasons]}
-            for v in verdicts]
+    out: list[dict[str, object]] = []
+    for v in verdicts:
+        entry: dict[str, object] = {"offer_id": v.offer_id, "verdict": v.verdict.value,
+                                    "reasons": [r.value for r in v.reasons]}
+        if v.limit_band is not None:
+            band = v.limit_band
+            entry["credit"] = {"model_version": band.model_version, "pd": band.pd, "score": band.score,
+                               "band": band.band, "max_limit": band.max_limit}
+        out.append(entry)
+    return out
+
+
+NO_STATE = ContactState()  # what risk holds about a customer it has no rows for; never mutated
+
+
+@dataclass(frozen=True)
+class _Screened:
+    """One screening outcome of a batch, with its decision-row JSON encoded once and its counts."""
+
+    result: ScreeningResult
+    encoded: str
+    denied: int
+    held: int
+
+    @classmethod
+    def of(cls, result: ScreeningResult) -> _Screened:
+        return cls(result, json.dumps(_verdict_json(result.verdicts), separators=(",", ":"), ensure_ascii=False),
+                   sum(v.verdict == Verdict.DENY for v in result.verdicts),
+                   sum(v.verdict == Verdict.HOLD for v in result.verdicts))
+
+
+def credit_field(field: str, index: int | None) -> str:
+    """Where a credit feature of a Screen (index None) or ScreenBatch item sits in the request."""
+    path = f"facts.credit_features[{field}]" if field not in ("income",) else "facts.monthly_income"
+    return path if index is None else f"items[{index}].{path}"
+
+
+def _training_field(field: str) -> str:
+    """CreditDataError fields named in terms of TrainCreditModelRequest."""
+    return {"frame": "rows", "label": "rows.defaulted"}.get(field, field)
+
+
+def _with_limit(result: ScreeningResult, offers: Sequence[OfferSubject], chosen: tuple[int, ...],
+                limit: CreditLimit) -> ScreeningResult:
+    verdicts = tuple(
+        dataclasses.replace(v, limit_band=limit) if offers[i].product_type in CREDIT_PRODUCT_TYPES else v
+        for v, i in zip(result.verdicts, chosen, strict=True)
+    )
+    return dataclasses.replace(result, verdicts=verdicts)
 
 
 class RiskService:
@@ -69,6 +129,9 @@ class RiskService:
         self.quiet_hours = quiet_hours
         self.policy = policy if policy is not None else ContactPolicy()
         self.clock = clock
+        # The champion credit model, parsed once per version (another replica may promote: the version is
+        # re-read in each transaction that needs it, the artefact only when it changed).
+        self._credit_models: dict[str, PdModel] = {}
 
     # --- screening -------------------------------------------------------------------------------------------
 
@@ -105,39 +168,195 @@ class RiskService:
                 [item.customer_id for item in items], now=now, earliest=min(times) - longest,
                 latest=max(times) + longest, with_contacts=bool(self.policy.caps),
             )
-            rows = []
-            digest_items = []
-            # Customers whose screening signatures are equal get equal verdicts: screen each signature once.
-            memo: dict[tuple[object, ...], tuple[ScreeningResult, list[dict[str, object]]]] = {}
-            for item in items:
-                state = states[item.customer_id]
+            limits = await self._credit_limits(uow, offers, items, single=kind == "SCREEN")
+            rows: list[dict[str, object]] = []
+            digest = hashlib.sha256()
+            denied = held = screenings = 0
+            times_iso: dict[datetime, str] = {}
+            # Customers whose screening signatures are equal get equal verdicts: screen each signature once, and
+            # encode its verdicts JSON once (the text is written to every such customer's decision row).
+            memo: dict[tuple[object, ...], _Screened] = {}
+            for n, item in enumerate(items):
+                state = states.get(item.customer_id, NO_STATE)
+                limit = limits.get(n)
+                declined = limit is not None and limit.declined
                 signature = (rules.screening_signature(item.channel, item.contact_time, item.facts, state,
-                                                       self.policy), item.offers)
-                cached = memo.get(signature)
-                if cached is None:
+                                                       self.policy), item.offers, declined)
+                screened = memo.get(signature)
+                if screened is None:
                     request = ScreeningRequest(item.customer_id, item.channel, item.contact_time, item.facts,
                                                tuple(offers[i] for i in item.offers))
                     result = rules.screen(request, state.consents, self.quiet_hours, state=state,
-                                          policy=self.policy)
-                    cached = memo[signature] = (result, _verdict_json(result.verdicts))
-                result, verdicts = cached
-                results.append(result)
+                                          policy=self.policy, credit_declined=declined)
+                    screened = memo[signature] = _Screened.of(result)
+                if limit is not None:
+                    screened = _Screened.of(_with_limit(screened.result, offers, item.offers, limit))
+                results.append(screened.result)
+                denied += screened.denied
+                held += screened.held
+                screenings += len(screened.result.verdicts)
+                when = times_iso.get(item.contact_time)
+                if when is None:
+                    when = times_iso[item.contact_time] = item.contact_time.isoformat()
                 rows.append({
                     "customer_id": item.customer_id, "channel": item.channel.value,
-                    "contact_time": item.contact_time, "policy_version": result.policy_version,
-                    "verdicts": verdicts, "create_time": now,
+                    "contact_time": item.contact_time, "policy_version": screened.result.policy_version,
+                    "verdicts": screened.encoded, "create_time": now,
                 })
-                digest_items.append([customer_token(item.customer_id), item.channel.value,
-                                     item.contact_time.isoformat(), verdicts])
-            await uow.decisions.add_many(rows)
-            denied = sum(v.verdict == Verdict.DENY for r in results for v in r.verdicts)
-            held = sum(v.verdict == Verdict.HOLD for r in results for v in r.verdicts)
+                digest.update(f"{customer_token(item.customer_id)}\t{item.channel.value}\t{when}\t"
+                              f"{screened.encoded}\n".encode())
+            await uow.decisions.add_encoded(rows)
             subject = (customer_token(items[0].customer_id) if len(items) == 1 else f"batch:{len(items)}")
-            summary = {"customers": len(items), "screenings": sum(len(r.verdicts) for r in results),
-                       "denied": denied, "held": held, "policy_version": rules.POLICY_VERSION}
-            await uow.audit.append(now, [(kind, "risk", subject, summary, audit.payload_hash(digest_items))])
+            summary: dict[str, object] = {
+                "customers": len(items), "screenings": screenings, "denied": denied, "held": held,
+                "policy_version": rules.POLICY_VERSION}
+            if limits:
+                first = next(iter(limits.values()))
+                summary["credit_model_version"] = first.model_version
+                summary["credit_scored"] = len(limits)
+                summary["credit_declined"] = sum(limit.declined for limit in limits.values())
+            await uow.audit.append(now, [(kind, "risk", subject, summary, digest.hexdigest())])
             await uow.commit()
         return results
+
+    async def _credit_limits(self, uow: RiskUnitOfWork, offers: Sequence[OfferSubject], items: Sequence[BatchItem],
+                             *, single: bool) -> dict[int, CreditLimit]:
+        """The champion's limit for every item that carries credit features and is screened for a credit
+        product (by item index); empty when there is no champion or nothing to score."""
+        credit_offers = {i for i, offer in enumerate(offers) if offer.product_type in CREDIT_PRODUCT_TYPES}
+        if not credit_offers:
+            return {}
+        wanted = [n for n, item in enumerate(items)
+                  if item.facts.credit_features and not credit_offers.isdisjoint(item.offers)]
+        if not wanted:
+            return {}
+        champion = await self._champion(uow)
+        if champion is None:
+            return {}
+        version, model = champion
+        try:
+            scores = credit_support.score_many(
+                model, [credit_support.record(dict(items[n].facts.credit_features)) for n in wanted],
+                [items[n].facts.monthly_income for n in wanted])
+        except CreditDataError as exc:
+            index = None if single else wanted[getattr(exc, "index", 0)]
+            raise InvalidArgument.field(credit_field(exc.field, index), exc.description,
+                                        reason=exc.reason) from exc
+        return {n: credit_support.limit_of(score, version) for n, score in zip(wanted, scores, strict=True)}
+
+    async def _champion(self, uow: RiskUnitOfWork) -> tuple[str, PdModel] | None:
+        version = await uow.credit_models.champion_version()
+        if version is None:
+            return None
+        return version, await self._model(uow, version)
+
+    async def _model(self, uow: RiskUnitOfWork, version: str) -> PdModel:
+        model = self._credit_models.get(version)
+        if model is None:
+            artefact = await uow.credit_models.artefact(version)
+            if artefact is None:
+                raise NotFound("creditModel", f"creditModels/{version}", reason="CREDIT_MODEL_NOT_FOUND")
+            model = self._credit_models[version] = PdModel.from_json(artefact)
+        return model
+
+    # --- credit model registry ---------------------------------------------------------------------------------
+
+    async def train_credit_model(self, rows: Sequence[credit_support.TrainingRow], *, features: Sequence[str],
+                                 categorical: Sequence[str], training_window: Mapping[str, str], folds: int,
+                                 promote: bool, actor: str, key: IdempotencyKey | None) -> CreditModelInfo:
+        """Trains (in a worker thread), stores the version as challenger (or champion with `promote`), audits it.
+        A replay of the same request id returns the stored answer without training again."""
+        trained: dict[str, PdModel] = {}
+
+        async def train(uow: RiskUnitOfWork) -> CreditModelInfo:
+            now = self.clock()
+            ordinal = await uow.credit_models.next_ordinal()
+            version = str(ordinal)
+            model = trained.get(version)
+            if model is None:
+                frame, candidates = credit_support.training_frame(rows, features, categorical)
+                model = await asyncio.to_thread(
+                    train_pd_model, frame, credit_support.LABEL, features=candidates,
+                    categorical=list(categorical) or None, version=version, training_window=dict(training_window),
+                    folds=folds, created_at=now)
+                trained[version] = model
+            metrics = model.metrics
+            status = CreditModelStatus.CHAMPION if promote else CreditModelStatus.CHALLENGER
+            summary: dict[str, object] = {"version": version, "status": status.value, "rows": len(rows),
+                                          "auc": metrics["auc"], "ks": metrics["ks"], "brier": metrics["brier"]}
+            # the audit head lock first: promotions and trainings serialise on it
+            await uow.audit.append(now, [("CREDIT_MODEL_TRAINED", actor, f"creditModels/{version}", summary,
+                                          audit.payload_hash(model.to_dict()))])
+            if promote:
+                await uow.credit_models.demote_champions()
+            row = await uow.credit_models.add(CreditModelRow(
+                version=version, ordinal=ordinal, status=status.value, features=model.features,
+                candidate_features=list(model.metadata["candidate_features"]),
+                training_window=dict(training_window), rows=int(metrics["rows"]),
+                default_rate=float(metrics["default_rate"]), auc=float(metrics["auc"]), ks=float(metrics["ks"]),
+                brier=float(metrics["brier"]), decline_pd=credit_support.decline_pd(model), artefact=model.to_json(),
+                create_time=now, promote_time=now if promote else None,
+            ))
+            return credit_model_to_domain(row)
+
+        try:
+            info = await run_idempotent(self.uow_factory, IdempotencyKeyRow, key, CREDIT_MODEL_CODEC, train)
+        except CreditDataError as exc:
+            raise InvalidArgument.field(_training_field(exc.field), exc.description, reason=exc.reason) from exc
+        log.info("credit model trained", extra={"model_version": info.version, "rows": info.rows,
+                                                "auc": round(info.auc, 4)})
+        return info
+
+    async def list_credit_models(self, before_ordinal: int | None, page_size: int
+                                 ) -> tuple[list[CreditModelInfo], int | None]:
+        async with self.uow_factory() as uow:
+            rows = await uow.credit_models.page(before_ordinal, page_size + 1)
+            more = len(rows) > page_size
+            rows = rows[:page_size]
+            return [credit_model_to_domain(r) for r in rows], (rows[-1].ordinal if more and rows else None)
+
+    async def promote_credit_model(self, version: str, actor: str, key: IdempotencyKey | None) -> CreditModelInfo:
+        async def promote(uow: RiskUnitOfWork) -> CreditModelInfo:
+            now = self.clock()
+            # the audit head lock first: concurrent promotions serialise, so one champion remains
+            await uow.audit.append(now, [("CREDIT_MODEL_PROMOTED", actor, f"creditModels/{version}",
+                                          {"version": version}, audit.payload_hash({"version": version}))])
+            row = await uow.credit_models.get(version)
+            if row is None:
+                raise NotFound("creditModel", f"creditModels/{version}", reason="CREDIT_MODEL_NOT_FOUND")
+            if row.status != CreditModelStatus.CHAMPION.value:
+                await uow.credit_models.demote_champions()
+                row.status = CreditModelStatus.CHAMPION.value
+                row.promote_time = now
+                await uow.session.flush()
+            return credit_model_to_domain(row)
+
+        return await run_idempotent(self.uow_factory, IdempotencyKeyRow, key, CREDIT_MODEL_CODEC, promote)
+
+    async def score_credit(self, customer_id: str, features: Mapping[str, str], income: float | None,
+                           version: str | None) -> tuple[str, CreditScore]:
+        """One applicant, with the champion (or `version`); the decision is audited (CREDIT_SCORE)."""
+        async with self.uow_factory() as uow:
+            if version is None:
+                champion = await self._champion(uow)
+                if champion is None:
+                    raise FailedPrecondition("NO_CHAMPION_CREDIT_MODEL",
+                                             "no credit model is champion: train one and promote it")
+                version, model = champion
+            else:
+                model = await self._model(uow, version)
+            try:
+                score = model.score(credit_support.record(features), income=income)
+            except CreditDataError as exc:
+                field = "monthly_income" if exc.field == "income" else f"features[{exc.field}]"
+                raise InvalidArgument.field(field, exc.description, reason=exc.reason) from exc
+            now = self.clock()
+            summary = {"model_version": version, "band": score.limit_band.band,
+                       "declined": score.limit_band.declined, "reasons": score.reason_codes}
+            await uow.audit.append(now, [("CREDIT_SCORE", "risk", customer_token(customer_id), summary,
+                                          audit.payload_hash({**summary, **score.to_dict()}))])
+            await uow.commit()
+        return version, score
 
     # --- consent -----------------------------------------------------------------------------------------------
 
