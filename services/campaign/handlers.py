@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
 from typing import Any
 
 import grpc
-from google.protobuf import timestamp_pb2
 
 from lodestar.campaign.v1 import (
     campaign_pb2,
@@ -40,7 +38,7 @@ from services.campaign.launch import LaunchService, LaunchView, OutboxEntry
 from services.campaign.learning import HistoryEntry, LearningService, ModelVersionInfo
 from services.campaign.lifecycle import CampaignLifecycle, check_consistency
 from services.campaign.service import CampaignService
-from services.platform import pagination
+from services.platform import pagination, timestamps
 from services.platform.db import utcnow
 from services.platform.errors import FailedPrecondition, InvalidArgument
 from services.platform.idempotency import key_for
@@ -50,18 +48,7 @@ MAX_OFFERS_LIMIT = 20
 DEFAULT_MAX_OFFERS = 3
 
 
-def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
-
-
-def _from_ts(message: object, field: str) -> datetime | None:
-    if not message.HasField(field):  # type: ignore[attr-defined]
-        return None
-    return getattr(message, field).ToDatetime(tzinfo=utcnow().tzinfo)  # type: ignore[no-any-return]
+_ts = timestamps.to_timestamp
 
 
 def offer_to_proto(offer: Offer) -> offer_pb2.Offer:
@@ -95,7 +82,8 @@ def offer_from_proto(message: offer_pb2.Offer) -> Offer:
     for i, disclosure in enumerate(message.disclosures):
         if not disclosure.kind.strip() or not disclosure.text.strip():
             violations.add(f"offer.disclosures[{i}]", "needs a kind and a text")
-    valid_from, valid_until = _from_ts(message, "valid_from"), _from_ts(message, "valid_until")
+    valid_from = timestamps.from_field(message, "valid_from", "offer.valid_from")
+    valid_until = timestamps.from_field(message, "valid_until", "offer.valid_until")
     if valid_from and valid_until and valid_until <= valid_from:
         violations.add("offer.valid_until", "must be after valid_from")
     violations.raise_if_any()
@@ -218,8 +206,10 @@ def campaign_from_proto(message: campaign_pb2.Campaign) -> Campaign:
     return Campaign(
         campaign_id=message.campaign_id, display_name=message.display_name.strip(),
         description=message.description, segment=message.segment, offer_ids=list(message.offer_ids),
-        channels=list(message.channels), start_time=_from_ts(message, "start_time"),
-        end_time=_from_ts(message, "end_time"), budget=message.budget, capacities=capacities,
+        channels=list(message.channels),
+        start_time=timestamps.from_field(message, "start_time", "campaign.start_time"),
+        end_time=timestamps.from_field(message, "end_time", "campaign.end_time"),
+        budget=message.budget, capacities=capacities,
         control_share=message.control_share,
         arms=[Arm(a.arm_id, a.share, a.content) for a in message.arms],
     )
@@ -256,6 +246,8 @@ def history_from_proto(record: history_pb2.HistoryRecord, index: int) -> tuple[H
         bad("arm", "TOO_LONG")
     if not record.HasField("contact_time"):
         bad("contact_time", "REQUIRED_FIELD_MISSING")
+    elif not timestamps.is_valid(record.contact_time):
+        bad("contact_time", "INVALID_TIMESTAMP")
     if record.channel not in {c.number for c in common_pb2.Channel.DESCRIPTOR.values}:
         bad("channel", "UNKNOWN_ENUM_VALUE")
     if not math.isfinite(record.revenue) or record.revenue < 0:
@@ -266,7 +258,8 @@ def history_from_proto(record: history_pb2.HistoryRecord, index: int) -> tuple[H
         return None, problems
     return HistoryEntry(
         customer_id=record.customer_id, campaign_ref=record.campaign_ref, offer_id=record.offer_id,
-        arm=record.arm, treated=record.treated, contact_time=_from_ts(record, "contact_time") or utcnow(),
+        arm=record.arm, treated=record.treated,
+        contact_time=timestamps.to_datetime(record.contact_time, "contact_time"),
         channel=record.channel, responded=record.responded, converted=record.converted, revenue=record.revenue,
         context=dict(record.context),
     ), []
@@ -399,7 +392,7 @@ class CampaignHandlers(campaign_service_pb2_grpc.CampaignServiceServicer):
             channel=channel or common_pb2.CHANNEL_IN_APP,
             partner_id=request.context.partner_id,
             placement=request.context.placement,
-            decision_time=_from_ts(request.context, "decision_time") or utcnow(),
+            decision_time=timestamps.from_field(request.context, "decision_time", "context.decision_time") or utcnow(),
         )
         decision = await self.service.decide(request.customer_id, decision_context,
                                              request.max_offers or DEFAULT_MAX_OFFERS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import types
-from datetime import UTC, datetime
+from datetime import datetime
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -45,6 +45,7 @@ from services.gateway.domain import (
     Quota,
 )
 from services.gateway.service import GatewayService
+from services.platform import timestamps
 from services.platform.context import current_request
 from services.platform.errors import FieldViolation, InvalidArgument, from_infrastructure
 from services.platform.idempotency import key_for
@@ -126,7 +127,7 @@ def offer_query_from_proto(request: partner_service_pb2.GetOffersRequest) -> Off
     if violations:
         reason = violations[0][1] if len(violations) == 1 else "INVALID_ARGUMENT"
         raise InvalidArgument([v for v, _ in violations], reason=reason)
-    when = request.context.time.ToDatetime(tzinfo=UTC) if request.context.HasField("time") else None
+    when = timestamps.from_field(request.context, "time", "context.time")
     return OfferQuery(customer_ref=ref, placement=placement, decision_time=when, max_offers=max_offers)
 
 
@@ -228,7 +229,7 @@ def conversion_from_proto(request: partner_service_pb2.ReportConversionRequest) 
         if abs(revenue.nanos) > MAX_NANOS:
             violations.add("revenue.nanos", f"must be between 0 and {MAX_NANOS}")
     violations.raise_if_any(reason="INVALID_REVENUE" if request.HasField("revenue") else "INVALID_ARGUMENT")
-    when = request.conversion_time.ToDatetime(tzinfo=UTC) if request.HasField("conversion_time") else None
+    when = timestamps.from_field(request, "conversion_time")
     return ConversionInput(lead_id=lead_id, revenue=Money(revenue.currency_code, revenue.units, revenue.nanos),
                            conversion_time=when)
 

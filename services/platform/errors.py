@@ -148,6 +148,12 @@ class DeadlineExceeded(DomainError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class Unimplemented(DomainError):
+    """An RPC of the contract this server does not implement (yet)."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
 class Internal(DomainError):
     """Only for the unexpected; the message is generic, the details are in the log under the trace id."""
 
@@ -164,6 +170,8 @@ def from_infrastructure(exc: BaseException) -> DomainError | None:
         return Unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; retry later")
     if isinstance(exc, sqlalchemy.exc.TimeoutError):
         return Unavailable("DATABASE_POOL_EXHAUSTED", "no database connection free; retry later")
+    if isinstance(exc, NotImplementedError):  # the generated servicer's default for a missing handler
+        return Unimplemented("NOT_IMPLEMENTED", "this method is not implemented by this server")
     if isinstance(exc, TimeoutError):
         return DeadlineExceeded("DEADLINE_EXCEEDED", "the operation did not finish in time")
     return None

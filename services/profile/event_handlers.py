@@ -13,6 +13,7 @@ from google.protobuf import timestamp_pb2
 
 from lodestar.profile.v1 import event_service_pb2 as pb
 from lodestar.profile.v1 import event_service_pb2_grpc as pbg
+from services.platform import timestamps
 from services.platform.errors import InvalidArgument
 from services.platform.idempotency import key_for
 from services.platform.validation import ID_PATTERN, ID_RULE, Violations, check_id
@@ -25,8 +26,8 @@ _EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_DAYS_LATE = 3650
 
 
-def to_datetime(ts: timestamp_pb2.Timestamp) -> datetime:
-    return ts.ToDatetime(tzinfo=UTC)
+def to_datetime(ts: timestamp_pb2.Timestamp, field: str = "as_of") -> datetime:
+    return timestamps.to_datetime(ts, field)
 
 
 def to_timestamp(value: datetime) -> timestamp_pb2.Timestamp:
@@ -77,6 +78,8 @@ def event_from_proto(event: pb.Event, p: str, violations: Violations, now: datet
             violations.add(f"{p}.{name}", ID_RULE)
     if not event.HasField("occurred_at"):
         violations.add(f"{p}.occurred_at", "is required")
+    elif not timestamps.is_valid(event.occurred_at):
+        violations.add(f"{p}.occurred_at", "must be a timestamp between 0001 and 9999 with nanos in [0, 1e9)")
     else:
         occurred = to_datetime(event.occurred_at)
         if occurred < _EARLIEST or occurred > now + FUTURE_SKEW:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import datetime
 
 import grpc
 from google.protobuf import timestamp_pb2
 
 from lodestar.profile.v1 import segment_service_pb2 as pb
 from lodestar.profile.v1 import segment_service_pb2_grpc as pbg
-from services.platform import pagination
+from services.platform import pagination, timestamps
 from services.platform.errors import InvalidArgument
 from services.platform.idempotency import key_for
 from services.platform.validation import check_id, parse_name
@@ -46,7 +46,7 @@ def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
 
 def _as_of(message: pb.PreviewSegmentRequest | pb.CreateSegmentRequest | pb.RefreshSegmentRequest
            | pb.ExportAudienceRequest) -> datetime | None:
-    return message.as_of.ToDatetime(tzinfo=UTC) if message.HasField("as_of") else None
+    return timestamps.from_field(message, "as_of")
 
 
 def _bounded(value: int, field: str, default: int, maximum: int) -> int:

@@ -339,24 +339,6 @@ def has_invalid_timestamp(message: Message) -> bool:
     return False
 
 
-# Crashes found by this fuzzer that need a change in service code (reported to the lead): each is tolerated
-# only for inputs matching its predicate, so everything else stays fuzzed; test_known_defects_still_crash
-# (xfail strict) turns red as soon as one is fixed, so that the entry is removed here.
-PROFILE_TIMESTAMP_RPCS = frozenset({
-    "EventService.ComputeTags", "EventService.GetFeatures", "EventService.IngestEvents",
-    "EventService.StreamIngestEvents", "SegmentService.CreateSegment", "SegmentService.PreviewSegment",
-    "SegmentService.RefreshSegment", "SegmentService.ExportAudience", "SegmentService.ClusterCustomers",
-})
-
-
-def known_defect(rpc: Rpc, requests: list[Message]) -> str | None:
-    if not is_implemented(rpc):
-        return "handler not written yet: NotImplementedError reaches the caller as INTERNAL, not UNIMPLEMENTED"
-    if rpc.id in PROFILE_TIMESTAMP_RPCS and any(has_invalid_timestamp(r) for r in requests):
-        return "out-of-range google.protobuf.Timestamp: ValueError from ToDatetime() -> INTERNAL"
-    return None
-
-
 def _redacted(request: Message) -> str:
     """A short text form of a request for failure messages (fuzz values only: no real personal data)."""
     text = str(request)
@@ -465,8 +447,6 @@ def fuzz_rpc(harness: Harness, rpc: Rpc, known: Sequence[str]) -> int:
         try:
             code = harness.call(rpc, requests, metadata)
         except AssertionError as error:
-            if known_defect(rpc, requests):
-                return
             raise AssertionError(f"{error}\nrequest(s): {[_redacted(r) for r in requests]}") from None
         # A client stream commits message by message (each with its own request id): only a stream of one
         # message must leave nothing behind when it is rejected.
@@ -544,41 +524,51 @@ def test_descriptor_walk_finds_every_service() -> None:
     assert any(r.client_streaming for r in RPCS) and any(r.server_streaming for r in RPCS)
 
 
-# The exact inputs of the crashes in PROFILE_TIMESTAMP_RPCS. Strict: an XPASS (the crash fixed) fails the run,
-# so that the entry above is removed and the RPC is fuzzed with invalid timestamps again.
-_NOT_AFTER_9999 = {"seconds": 253402300800}
-_NEGATIVE_NANOS = {"nanos": -1}
-KNOWN_CRASHES = [
-    ("EventService.GetFeatures", {"customer_id": "demo-0001", "as_of": _NOT_AFTER_9999}),
-    ("EventService.ComputeTags", {"customer_ids": ["demo-0001"], "as_of": _NEGATIVE_NANOS}),
-    ("EventService.StreamIngestEvents", {"events": [{"occurred_at": _NEGATIVE_NANOS}]}),
-    ("SegmentService.CreateSegment", {"segment": {"segment_id": "demo-0001", "kind": "SEGMENT_KIND_DYNAMIC"},
-                                      "as_of": _NEGATIVE_NANOS}),
-]
+# The exact inputs of crashes this fuzzer found (out-of-range Timestamps reached ToDatetime() and surfaced as
+# INTERNAL); every handler now converts through services.platform.timestamps: INVALID_ARGUMENT on the field.
+def _found_crashes() -> list[tuple[str, str, Any, str]]:
+    from google.protobuf import timestamp_pb2
+
+    from lodestar.campaign.v1 import campaign_service_pb2 as cpb
+    from lodestar.campaign.v1 import offer_pb2
+    from lodestar.profile.v1 import event_service_pb2 as epb
+    from lodestar.profile.v1 import segment_service_pb2 as spb
+
+    after_9999 = timestamp_pb2.Timestamp(seconds=253402300800)
+    negative_nanos = timestamp_pb2.Timestamp(nanos=-1)
+    return [
+        ("profile", "EventService.GetFeatures", epb.GetFeaturesRequest(customer_id="demo-0001", as_of=after_9999),
+         "as_of"),
+        ("profile", "EventService.ComputeTags", epb.ComputeTagsRequest(customer_ids=["demo-0001"],
+                                                                        as_of=negative_nanos), "as_of"),
+        ("profile", "SegmentService.PreviewSegment", spb.PreviewSegmentRequest(condition_text="region = \"CN-31\"",
+                                                                               as_of=negative_nanos), "as_of"),
+        ("campaign", "CampaignService.CreateOffer", cpb.CreateOfferRequest(offer=offer_pb2.Offer(
+            offer_id="o-1", title="T", product_type=1, risk_level=1, valid_until=after_9999)), "offer.valid_until"),
+        ("campaign", "CampaignService.Decide", cpb.DecideRequest(
+            customer_id="demo-0001", context=offer_pb2.DecisionContext(decision_time=negative_nanos)),
+         "context.decision_time"),
+    ]
 
 
-@pytest.mark.xfail(strict=True, reason="profile maps an out-of-range Timestamp to INTERNAL (ValueError from "
-                                       "ToDatetime), not INVALID_ARGUMENT: reported to the lead")
-@pytest.mark.parametrize(("rpc_id", "fields"), KNOWN_CRASHES, ids=[c[0] for c in KNOWN_CRASHES])
-async def test_known_defects_still_crash(start: Any, rpc_id: str, fields: dict[str, Any]) -> None:
-    from google.protobuf import json_format
+FOUND_CRASHES = _found_crashes()
 
-    from services.profile.app import DEFINITION as PROFILE
 
-    profile = await start(PROFILE)
+@pytest.mark.parametrize(("service", "rpc_id", "request_", "field"), FOUND_CRASHES, ids=[c[1] for c in FOUND_CRASHES])
+async def test_out_of_range_timestamps_are_invalid_argument(start: Any, service: str, rpc_id: str,
+                                                            request_: Message, field: str) -> None:
+    import importlib
+
+    from tests.helpers import details_of
+
+    definition = importlib.import_module(f"services.{service}.app").DEFINITION
+    svc = await start(definition, PROFILE_SERVICE_ADDR="127.0.0.1:1", RISK_SERVICE_ADDR="127.0.0.1:1")
     rpc = next(r for r in RPCS if r.id == rpc_id)
-    request = json_format.ParseDict(fields, message_class(rpc.input)())
-    async with grpc.aio.insecure_channel(profile.address) as channel:
-        kwargs: dict[str, Any] = {"request_serializer": lambda m: m.SerializeToString(),
-                                  "response_deserializer": message_class(rpc.output).FromString}
-        try:
-            if rpc.client_streaming:
-                await channel.stream_unary(rpc.path, **kwargs)(iter([request]), timeout=CALL_TIMEOUT)
-            else:
-                await channel.unary_unary(rpc.path, **kwargs)(request, timeout=CALL_TIMEOUT)
-        except grpc.aio.AioRpcError as error:
-            code = error.code()
-        else:
-            code = grpc.StatusCode.OK
-    assert code not in FORBIDDEN, f"{rpc_id} answered {code.name}"
-    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    async with grpc.aio.insecure_channel(svc.address) as channel:
+        call = channel.unary_unary(rpc.path, request_serializer=lambda m: m.SerializeToString(),
+                                   response_deserializer=message_class(rpc.output).FromString)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(request_, timeout=CALL_TIMEOUT)
+    got = details_of(caught.value)
+    assert (got.code, got.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_TIMESTAMP"), got
+    assert got.field_violations[0][0] == field

@@ -80,3 +80,31 @@ def test_retry_policy_retries_unavailable_only():
     config = json.loads(clients.service_config(["lodestar.profile.v1.ProfileService"]))
     policy = config["methodConfig"][0]["retryPolicy"]
     assert policy["retryableStatusCodes"] == ["UNAVAILABLE"]
+
+
+@pytest.mark.parametrize(("seconds", "nanos"), [(253402300800, 0), (-62135596801, 0), (0, -1), (0, 10**9)])
+def test_out_of_range_timestamps_are_invalid_argument_on_the_field(seconds, nanos):
+    from google.protobuf import timestamp_pb2
+
+    from services.platform import timestamps
+
+    with pytest.raises(InvalidArgument) as caught:
+        timestamps.to_datetime(timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos), "context.time")
+    assert caught.value.reason == "INVALID_TIMESTAMP" and caught.value.violations[0].field == "context.time"
+
+
+def test_timestamps_round_trip_and_unset_fields():
+    from datetime import UTC, datetime
+
+    from lodestar.campaign.v1 import offer_pb2
+    from services.platform import timestamps
+
+    when = datetime(2026, 11, 25, 1, 2, 3, 456000, tzinfo=UTC)
+    context = offer_pb2.DecisionContext(decision_time=timestamps.to_timestamp(when))
+    assert timestamps.from_field(context, "decision_time") == when
+    assert timestamps.from_field(offer_pb2.DecisionContext(), "decision_time") is None
+
+
+def test_a_missing_handler_is_unimplemented_not_internal():
+    mapped = from_infrastructure(NotImplementedError("Method not implemented!"))
+    assert mapped is not None and mapped.code == grpc.StatusCode.UNIMPLEMENTED and mapped.reason == "NOT_IMPLEMENTED"
