@@ -19,7 +19,7 @@ SERVICE_NAMES = (risk_service_pb2.DESCRIPTOR.services_by_name["RiskService"].ful
 async def register(server: grpc.aio.Server, runtime: Runtime) -> None:
     service = RiskService(
         lambda: RiskUnitOfWork(runtime.database), quiet_hours=quiet_hours_from(runtime.settings.extra),
-        policy=contact_policy_from(runtime.settings.extra),
+        policy=contact_policy_from(runtime.settings.extra), metrics=runtime.metrics,
     )
     runtime.components["service"] = service
     risk_service_pb2_grpc.add_RiskServiceServicer_to_server(RiskHandlers(service), server)

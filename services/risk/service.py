@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +23,7 @@ from services.platform.db import utcnow
 from services.platform.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.platform.idempotency import Codec, IdempotencyKey, run_idempotent
 from services.platform.masking import customer_token
+from services.platform.telemetry import ServiceMetrics, service_metrics
 from services.risk import audit, credit_support, rules
 from services.risk.credit import CreditDataError, CreditScore, PdModel, train_pd_model
 from services.risk.db import CreditModelRow, RiskUnitOfWork, credit_model_to_domain, reservation_to_domain
@@ -124,8 +126,9 @@ class RiskService:
     def __init__(self, uow_factory: Callable[[], RiskUnitOfWork], *,
                  quiet_hours: QuietHours = rules.DEFAULT_QUIET_HOURS,
                  policy: ContactPolicy | None = None,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime] = utcnow, metrics: ServiceMetrics | None = None) -> None:
         self.uow_factory = uow_factory
+        self.metrics = metrics or service_metrics()
         self.quiet_hours = quiet_hours
         self.policy = policy if policy is not None else ContactPolicy()
         self.clock = clock
@@ -217,7 +220,19 @@ class RiskService:
                 summary["credit_declined"] = sum(limit.declined for limit in limits.values())
             await uow.audit.append(now, [(kind, "risk", subject, summary, digest.hexdigest())])
             await uow.commit()
+        self._count_refusals(items, results)
         return results
+
+    def _count_refusals(self, items: Sequence[BatchItem], results: Sequence[ScreeningResult]) -> None:
+        """Screening denials (and holds) by reason and channel, for the dashboard; one record per pair."""
+        counts: Counter[tuple[str, str]] = Counter()
+        for item, result in zip(items, results, strict=True):
+            for verdict in result.verdicts:
+                if verdict.verdict != Verdict.ALLOW:
+                    for code in verdict.reasons:
+                        counts[(str(code), str(item.channel))] += 1
+        for (code_name, channel), count in counts.items():
+            self.metrics.record_screening_denial(code_name, channel=channel, count=count)
 
     async def _credit_limits(self, uow: RiskUnitOfWork, offers: Sequence[OfferSubject], items: Sequence[BatchItem],
                              *, single: bool) -> dict[int, CreditLimit]:

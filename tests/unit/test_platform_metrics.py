@@ -132,3 +132,29 @@ async def test_campaign_records_scoring_latency_once_per_decision(reader_and_met
     [scoring] = points(reader, METRIC_SCORING_DURATION)
     assert scoring.count == 1
     assert dict(scoring.attributes) == {"lodestar.campaign.model_version": service.model.version}
+
+
+async def test_risk_counts_screening_refusals_by_reason_and_channel(reader_and_metrics, tmp_path):
+    from datetime import date
+
+    from services.platform import migrations
+    from services.platform.db import Database
+    from services.platform.telemetry import METRIC_SCREENING_DENIALS
+    from services.risk.app import DEFINITION as RISK
+    from services.risk.db import RiskUnitOfWork
+    from services.risk.domain import Channel, CustomerFacts, OfferSubject, ProductType, ScreeningRequest
+    from services.risk.service import RiskService
+
+    reader, metrics = reader_and_metrics
+    url = f"sqlite+aiosqlite:///{tmp_path}/risk.db"
+    migrations.upgrade(url, RISK.migrations)
+    database = Database.from_url(url)
+    service = RiskService(lambda: RiskUnitOfWork(database), metrics=metrics)
+    minor = CustomerFacts(birth_date=date(2015, 1, 1), time_zone="Asia/Shanghai", region="CN-31", risk_tolerance=5)
+    offers = (OfferSubject("card", ProductType.CREDIT_CARD, 2), OfferSubject("deposit", ProductType.DEPOSIT, 1))
+    # No consent on SMS (both offers), and the credit card is refused to a minor.
+    await service.screen(ScreeningRequest("c-1", Channel.SMS, datetime(2026, 6, 1, 4, tzinfo=UTC), minor, offers))
+    await database.dispose()
+    counts = {(p.attributes["lodestar.risk.denial_reason"], p.attributes["lodestar.channel"]): p.value
+              for p in points(reader, METRIC_SCREENING_DENIALS)}
+    assert counts == {("CONSENT_MISSING", "SMS"): 2, ("UNDERAGE", "SMS"): 1}
