@@ -39,7 +39,8 @@ async def register(server: grpc.aio.Server, runtime: Runtime) -> None:
     runtime.components["service"] = service
     runtime.components["lifecycle"] = lifecycle
     runtime.components["learning"] = learning
-    launches = LaunchService(lambda: CampaignUnitOfWork(runtime.database), segments, batch_risk, champions=learning)
+    launches = LaunchService(lambda: CampaignUnitOfWork(runtime.database), segments, batch_risk, champions=learning,
+                             partition_size=int(runtime.settings.extra.get(PARTITION_SIZE, DEFAULT_PARTITION_SIZE)))
     runtime.components["launches"] = launches
     campaign_service_pb2_grpc.add_CampaignServiceServicer_to_server(
         CampaignHandlers(service, lifecycle, learning, launches), server)
@@ -79,6 +80,9 @@ async def _run_scheduler(lifecycle: CampaignLifecycle, interval: float) -> None:
 
 LAUNCH_INTERVAL = "CAMPAIGN_LAUNCH_POLL_SECONDS"
 DEFAULT_LAUNCH_INTERVAL_SECONDS = 1.0
+# Members per launch partition: the unit replicas claim (and redo after a crash).
+PARTITION_SIZE = "CAMPAIGN_LAUNCH_PARTITION_SIZE"
+DEFAULT_PARTITION_SIZE = 5000
 
 
 async def _run_launch_worker(launches: LaunchService, interval: float) -> None:
@@ -103,8 +107,11 @@ def _check_settings(settings: ServiceSettings) -> None:
             value = float(raw)
         except ValueError:
             value = -1.0
-        if not 0.1 <= value <= 3600:
-            raise ConfigError(f"{name} must be a number of seconds between 0.1 and 3600, got {raw!r}")
+        if not 0.05 <= value <= 3600:
+            raise ConfigError(f"{name} must be a number of seconds between 0.05 and 3600, got {raw!r}")
+    raw = settings.extra.get(PARTITION_SIZE)
+    if raw is not None and (not raw.isdigit() or not 1 <= int(raw) <= 10_000):
+        raise ConfigError(f"{PARTITION_SIZE} must be a whole number from 1 to 10000, got {raw!r}")
 
 
 DEFINITION = ServiceDefinition(
@@ -113,6 +120,6 @@ DEFINITION = ServiceDefinition(
     migrations=Path(__file__).parent / "migrations",
     register=register,
     dependencies=("profile", "risk"),
-    extra_settings=(SCHEDULER_INTERVAL, LAUNCH_INTERVAL),
+    extra_settings=(SCHEDULER_INTERVAL, LAUNCH_INTERVAL, PARTITION_SIZE),
     validate_settings=_check_settings,
 )

@@ -4,11 +4,11 @@ dependency failures, and the RPCs' errors. Profile's export and risk's ScreenBat
 
 import asyncio
 import itertools
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from lodestar.campaign.v1 import campaign_service_pb2 as pb
 from lodestar.campaign.v1 import campaign_service_pb2_grpc as pbg
@@ -374,7 +374,3 @@ async def test_outbox_pages_through_the_rpc(svc, stub):
     assert seen == sorted(members(5))
     assert page.messages[0].delivery_key == f"{launched.launch_id}:c00004"
     assert page.messages[0].state == launch_pb2.OUTBOX_STATE_PENDING
-
-
-def test_unused_imports_guard():
-    assert date and func  # imported for readers extending these tests
