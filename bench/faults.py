@@ -571,6 +571,7 @@ def scenario_disk_full(scale: Scale) -> list[Verdict]:
                 refused: list[str] = []
                 write_codes: Counter[str] = Counter()
                 read_codes: Counter[str] = Counter()
+                offers_codes: Counter[str] = Counter()
                 with grpc.insecure_channel(stack.addresses["profile"]) as p_channel, \
                         grpc.insecure_channel(stack.addresses["campaign"]) as c_channel:
                     profile = profile_service_pb2_grpc.ProfileServiceStub(p_channel)
@@ -587,11 +588,12 @@ def scenario_disk_full(scale: Scale) -> list[Verdict]:
                             return _code(error)
 
                     def reads() -> list[str]:
+                        # GetOffers is not among them: it writes (the decision record, the partner's quota
+                        # bucket), so on a full disk it must fail like any write — UNAVAILABLE, checked below.
                         out = []
                         for call in (lambda: profile.GetCustomer(profile_service_pb2.GetCustomerRequest(
                                 name="customers/demo-0001"), timeout=10),
-                                lambda: campaign.ListOffers(campaign_service_pb2.ListOffersRequest(), timeout=10),
-                                lambda: _get_offers(stack.addresses["gateway"], api_key, ref)):
+                                lambda: campaign.ListOffers(campaign_service_pb2.ListOffersRequest(), timeout=10)):
                             try:
                                 call()
                                 out.append("OK")
@@ -606,6 +608,13 @@ def scenario_disk_full(scale: Scale) -> list[Verdict]:
                         if code != "OK":
                             refused.append(customer_id)
                         read_codes.update(reads())
+                        try:
+                            _get_offers(stack.addresses["gateway"], api_key, ref)
+                            offers_codes["OK"] += 1
+                        except grpc.RpcError as error:
+                            offers_codes[_code(error)] += 1
+                    verdict.check(set(offers_codes) <= {"OK", "UNAVAILABLE"},
+                                  f"GetOffers (it writes a decision record) on a full disk: {dict(offers_codes)}")
                     verdict.check(set(write_codes) == {"UNAVAILABLE"},
                                   f"writes on a full disk: {dict(write_codes)} (expected only UNAVAILABLE)")
                     verdict.check(set(read_codes) == {"OK"}, f"reads on a full disk: {dict(read_codes)}")
