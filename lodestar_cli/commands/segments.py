@@ -86,7 +86,7 @@ def cmd_get(ctx: Context) -> int:
 
 def cmd_list(ctx: Context) -> int:
     segments: list[dict[str, Any]] = []
-    token = ""
+    token = ""  # nosec B105 - an empty page token (the first page), not a password
     with ctx.channel("profile") as channel:
         stub = _stub(ctx, channel)
         while True:

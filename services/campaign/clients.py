@@ -77,7 +77,7 @@ class ProfileClient(ServiceClient):
 
             await asyncio.gather(*(one(c) for c in wanted))
             return found
-        token = ""
+        token = ""  # nosec B105 - an empty page token (the first page), not a password
         while True:
             page = await self.call(self.stub.ListCustomers, profile_service_pb2.ListCustomersRequest(
                 page_size=1000, page_token=token), timeout=30.0)

@@ -404,7 +404,7 @@ class LaunchService:
             for _attempt in range(len(fields) + 1):
                 try:
                     partitions = []
-                    token = ""
+                    token = ""  # nosec B105 - an empty resume token (the start), not a password
                     async for batch in self.audience.export_audience(campaign.segment, fields,
                                                                      batch_size=self.partition_size,
                                                                      as_of=launch.as_of):

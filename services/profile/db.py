@@ -264,7 +264,7 @@ def _upsert_sql(dialect: str, columns: frozenset[str]) -> str:
         sets.append("attributes = json_patch(customers.attributes, excluded.attributes)")
     sets += ["version = customers.version + 1", "update_time = excluded.update_time"]
     # Only fixed column names are interpolated (`columns` is filtered through CUSTOMER_COLUMNS).
-    return (f"INSERT INTO customers ({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join(values)}) "  # noqa: S608
+    return (f"INSERT INTO customers ({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join(values)}) "  # noqa: S608  # nosec B608
             f"ON CONFLICT (customer_id) DO UPDATE SET {', '.join(sets)}")
 
 

@@ -73,7 +73,7 @@ class HttpProviderAdapter:
         self.timeout, self.max_attempts = timeout, max_attempts
         self.base_delay, self.max_delay = base_delay, max_delay
         self._api_key = api_key
-        self._rng = random.Random(seed)  # noqa: S311 - jitter, not security
+        self._rng = random.Random(seed)  # noqa: S311  # nosec B311 - backoff jitter, not security
         self._sleep = sleep
         self.delays: list[float] = []  # the backoff sleeps taken, for tests and metrics
 

@@ -60,7 +60,7 @@ class ProviderSimulator:
         self.stats = Stats()
         self.received: list[dict[str, Any]] = []
         self._responses: dict[str, tuple[int, dict[str, Any]]] = {}
-        self._rng = random.Random(seed)  # noqa: S311 - fault injection, not security
+        self._rng = random.Random(seed)  # noqa: S311  # nosec B311 - fault injection, not security
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lock = asyncio.Lock()
