@@ -212,7 +212,7 @@ def _raise_quota(gateway: str, admin_token: str, partner_id: str) -> str:
         try:
             stub.SetPartnerQuota(admin_pb2.SetPartnerQuotaRequest(
                 partner=f"partners/{partner_id}",
-                quota=admin_pb2.Quota(rate_per_second=100_000, burst=100_000, daily_quota=1_000_000_000)),
+                quota=admin_pb2.Quota(rate_per_second=10_000, burst=100_000, daily_quota=1_000_000_000)),
                 metadata=(("x-admin-token", admin_token),), timeout=10)
         except grpc.RpcError as error:
             code = error.code().name if isinstance(error, grpc.Call) else "error"
