@@ -1,8 +1,8 @@
 """`lodestar partners ...`: bank-side administration of gateway partners (GatewayAdminService, x-admin-token).
 
-partners create|list, key create|list|rotate|revoke, scopes set, offers set, quota set, pseudonym. The admin token
-comes from GATEWAY_ADMIN_TOKEN (or the file `lodestar up` writes under --data-dir). A new API key is printed once:
-it is stored only as a hash.
+partners create|list, key create|list|rotate|revoke, scopes set, offers set, quota set, pseudonym, cert set. The
+admin token comes from GATEWAY_ADMIN_TOKEN (or the file `lodestar up` writes under --data-dir). A new API key is
+printed once: it is stored only as a hash.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from lodestar.gateway.v1 import gateway_admin_service_pb2 as apb
 from lodestar.gateway.v1 import gateway_admin_service_pb2_grpc as apbg
-from lodestar_cli.main import Context, _admin_token, table, to_dict
+from lodestar_cli.main import CliError, Context, _admin_token, table, to_dict
 
 KEY_STATES = {value: name.removeprefix("API_KEY_STATE_") for name, value in apb.ApiKeyState.items()}
 
@@ -168,6 +168,32 @@ def cmd_pseudonym(ctx: Context) -> int:
     return 0
 
 
+def cmd_cert_set(ctx: Context) -> int:
+    if ctx.args.remove:
+        pem = ""
+    else:
+        try:
+            with open(ctx.args.cert, encoding="ascii") as file:
+                pem = file.read()
+        except (OSError, UnicodeDecodeError) as error:
+            raise CliError("INVALID_ARGUMENT", "CERT_FILE_UNREADABLE",
+                           f"cannot read the certificate file {ctx.args.cert}: {error}") from None
+    channel, stub = _stub(ctx)
+    with channel:
+        response = stub.SetPartnerClientCertificate(
+            apb.SetPartnerClientCertificateRequest(partner=_partner(ctx), certificate_pem=pem),
+            timeout=ctx.timeout, metadata=_meta(ctx))
+    if not response.HasField("client_certificate"):
+        ctx.emit({"client_certificate": None}, f"removed the client certificate of {_partner(ctx)}")
+        return 0
+    cert = response.client_certificate
+    ctx.emit({"client_certificate": to_dict(cert)},
+             f"partner:     {cert.partner}\nsubject CN:  {cert.subject_common_name or '-'}\n"
+             f"fingerprint: sha256:{cert.sha256_fingerprint}\n"
+             "calls over mutual TLS presenting this certificate now authenticate as this partner")
+    return 0
+
+
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
     def with_partner(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         parser.add_argument("partner_id")
@@ -230,3 +256,11 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
                                             help="the partner's ref for a bank customer id"))
     pseudonym.add_argument("customer_id")
     pseudonym.set_defaults(handler=cmd_pseudonym)
+
+    cert = sub.add_parser("cert", parents=[common], help="the partner's mTLS client certificate")
+    cert_set = with_partner(cert.add_subparsers(dest="cert_command", required=True, metavar="COMMAND")
+                            .add_parser("set", parents=[common], help="register (replace) the client certificate"))
+    source = cert_set.add_mutually_exclusive_group(required=True)
+    source.add_argument("--cert", metavar="FILE", help="the partner's client certificate, PEM (no private key)")
+    source.add_argument("--remove", action="store_true", help="remove the partner's client certificate")
+    cert_set.set_defaults(handler=cmd_cert_set)

@@ -29,6 +29,9 @@ from datetime import datetime
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
 
 from services.platform.errors import PermissionDenied, Unauthenticated
 
@@ -156,6 +159,27 @@ def check_admin_token(configured: str, presented: str | None) -> None:
         raise Unauthenticated("ADMIN_TOKEN_MISSING", f"an admin token is required in the {ADMIN_TOKEN_HEADER} metadata")
     if not hmac.compare_digest(presented.encode(), configured.encode()):
         raise Unauthenticated("ADMIN_TOKEN_INVALID", "the admin token is not valid")
+
+
+@dataclass(frozen=True)
+class CertificateIdentity:
+    """What a partner's mTLS client certificate is matched on (the fingerprint) and shown as (the CN)."""
+
+    fingerprint: str
+    common_name: str
+
+
+def certificate_identity(pem: bytes | str) -> CertificateIdentity | None:
+    """The lower-case hex SHA-256 of the DER certificate and its subject CN; None if `pem` is not one PEM
+    certificate. Only the leaf (the first certificate) counts."""
+    data = pem.encode() if isinstance(pem, str) else pem
+    try:
+        cert = x509.load_pem_x509_certificate(data)
+    except ValueError:
+        return None
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    common_name = str(names[0].value) if names else ""
+    return CertificateIdentity(fingerprint=cert.fingerprint(hashes.SHA256()).hex(), common_name=common_name[:255])
 
 
 def new_pseudonym_key() -> str:

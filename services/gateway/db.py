@@ -27,6 +27,7 @@ from services.gateway.domain import (
     DEFAULT_QUOTA,
     LEAD_CONVERTED,
     ApiKeyRecord,
+    ClientCertificate,
     Lead,
     Money,
     Partner,
@@ -62,6 +63,18 @@ class ApiKeyRow(Base):
     # Set by a rotation: the old key works until then (API_KEY_EXPIRED after).
     expire_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     revoke_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class PartnerClientCertRow(Base):
+    """At most one mTLS client certificate per partner; a fingerprint belongs to at most one partner."""
+
+    __tablename__ = "partner_client_certs"
+
+    partner_id: Mapped[str] = mapped_column(String(128), ForeignKey("partners.partner_id"), primary_key=True)
+    # Lower-case hex SHA-256 of the DER certificate.
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    subject_cn: Mapped[str] = mapped_column(String(255))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class PartnerCustomerRow(Base):
@@ -402,6 +415,32 @@ class PartnerCustomerRepository:
                                             customer_id=customer_id, create_time=utcnow()))
 
 
+def _cert(row: PartnerClientCertRow) -> ClientCertificate:
+    return ClientCertificate(partner_id=row.partner_id, fingerprint=row.fingerprint,
+                             subject_common_name=row.subject_cn, create_time=row.create_time)
+
+
+class ClientCertRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def by_fingerprint(self, fingerprint: str) -> ClientCertificate | None:
+        row = await self.session.scalar(
+            select(PartnerClientCertRow).where(PartnerClientCertRow.fingerprint == fingerprint))
+        return _cert(row) if row is not None else None
+
+    async def replace(self, partner_id: str, fingerprint: str | None, subject_cn: str) -> ClientCertificate | None:
+        """Sets (or, with None, removes) the partner's certificate."""
+        await self.session.execute(delete(PartnerClientCertRow).where(PartnerClientCertRow.partner_id == partner_id))
+        if fingerprint is None:
+            return None
+        row = PartnerClientCertRow(partner_id=partner_id, fingerprint=fingerprint, subject_cn=subject_cn,
+                                   create_time=utcnow())
+        self.session.add(row)
+        await self.session.flush()
+        return _cert(row)
+
+
 class GatewayUnitOfWork(UnitOfWork):
     partners: PartnerRepository
     api_keys: ApiKeyRepository
@@ -409,6 +448,7 @@ class GatewayUnitOfWork(UnitOfWork):
     policies: PolicyRepository
     quotas: QuotaRepository
     leads: LeadRepository
+    client_certs: ClientCertRepository
 
     def _enter_repositories(self) -> None:
         self.partners = PartnerRepository(self.session)
@@ -417,3 +457,4 @@ class GatewayUnitOfWork(UnitOfWork):
         self.policies = PolicyRepository(self.session)
         self.quotas = QuotaRepository(self.session)
         self.leads = LeadRepository(self.session)
+        self.client_certs = ClientCertRepository(self.session)

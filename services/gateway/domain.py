@@ -111,11 +111,23 @@ class PartnerPolicy:
 
 
 @dataclass(frozen=True)
+class ClientCertificate:
+    """A partner's registered mTLS client certificate: matched on the SHA-256 of its DER encoding."""
+
+    partner_id: str
+    fingerprint: str
+    subject_common_name: str
+    create_time: datetime
+
+
+@dataclass(frozen=True)
 class Principal:
     """Who is calling the partner API, once the API key checked out."""
 
     partner_id: str
     key_id: str
+    # The SHA-256 fingerprint of the mTLS client certificate the call was authenticated with, if any.
+    cert_fingerprint: str = ""
 
 
 @dataclass(frozen=True)

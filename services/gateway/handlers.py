@@ -34,6 +34,7 @@ from services.gateway.domain import (
     MAX_PLACEMENT,
     PLACEMENT_PATTERN,
     ApiKeyRecord,
+    ClientCertificate,
     ConversionInput,
     Decision,
     Lead,
@@ -65,6 +66,17 @@ def metadata_value(context: grpc.aio.ServicerContext, key: str) -> str | None:
     return None
 
 
+def client_certificate(context: grpc.aio.ServicerContext) -> bytes | None:
+    """The PEM client certificate of a call that came over mutual TLS (verified against the server's client CA
+    during the handshake), else None."""
+    try:
+        auth_context = context.auth_context() or {}
+    except Exception:  # a context without transport security information
+        return None
+    certs = auth_context.get("x509_pem_cert") or []
+    return certs[0] if certs and isinstance(certs[0], bytes) else None
+
+
 class Audit:
     """One JSON line per call on `lodestar.gateway.audit`: caller, partner, rpc, result. Never a key, never a
     customer id or ref."""
@@ -74,6 +86,8 @@ class Audit:
         self.caller = caller
         self.partner_id = ""
         self.key_id = ""
+        # The fingerprint of the mTLS client certificate the partner authenticated with (public, not a secret).
+        self.cert_fingerprint = ""
         # A resource name the call acted on (partners/..., leads/...): never a customer id or ref.
         self.resource = ""
 
@@ -89,7 +103,8 @@ class Audit:
         audit_log.info(
             "%s %s %s", self.caller, self.rpc, code,
             extra={"caller": self.caller, "rpc": self.rpc, "partner_id": self.partner_id, "key_id": self.key_id,
-                   "resource": self.resource, "result": code, "error_reason": reason},
+                   "cert_fingerprint": self.cert_fingerprint, "resource": self.resource, "result": code,
+                   "error_reason": reason},
         )
 
 
@@ -234,6 +249,12 @@ def conversion_from_proto(request: partner_service_pb2.ReportConversionRequest) 
                            conversion_time=when)
 
 
+def client_certificate_to_proto(cert: ClientCertificate) -> gateway_admin_service_pb2.ClientCertificate:
+    return gateway_admin_service_pb2.ClientCertificate(
+        partner=f"partners/{cert.partner_id}", sha256_fingerprint=cert.fingerprint,
+        subject_common_name=cert.subject_common_name, create_time=_ts(cert.create_time))
+
+
 def partner_to_proto(partner: Partner) -> gateway_admin_service_pb2.Partner:
     return gateway_admin_service_pb2.Partner(
         name=partner.name, partner_id=partner.partner_id, display_name=partner.display_name,
@@ -258,8 +279,10 @@ class PartnerHandlers(partner_service_pb2_grpc.PartnerServiceServicer):
     async def GetOffers(self, request: partner_service_pb2.GetOffersRequest,
                         context: grpc.aio.ServicerContext) -> partner_service_pb2.GetOffersResponse:
         with Audit("GetOffers", "partner") as audit:
-            principal = await self.service.admit(metadata_value(context, API_KEY_HEADER), "GetOffers")
+            principal = await self.service.admit(metadata_value(context, API_KEY_HEADER), "GetOffers",
+                                                  client_certificate(context))
             audit.partner_id, audit.key_id = principal.partner_id, principal.key_id
+            audit.cert_fingerprint = principal.cert_fingerprint
             query = offer_query_from_proto(request)
             decision = await self.service.get_offers(principal, query)
             return decision_to_proto(decision)
@@ -267,8 +290,10 @@ class PartnerHandlers(partner_service_pb2_grpc.PartnerServiceServicer):
     async def SubmitLead(self, request: partner_service_pb2.SubmitLeadRequest,
                          context: grpc.aio.ServicerContext) -> partner_service_pb2.SubmitLeadResponse:
         with Audit("SubmitLead", "partner") as audit:
-            principal = await self.service.admit(metadata_value(context, API_KEY_HEADER), "SubmitLead")
+            principal = await self.service.admit(metadata_value(context, API_KEY_HEADER), "SubmitLead",
+                                                  client_certificate(context))
             audit.partner_id, audit.key_id = principal.partner_id, principal.key_id
+            audit.cert_fingerprint = principal.cert_fingerprint
             lead = lead_from_proto(request)
             # Request ids are per partner: another partner's id never collides, never replays.
             key = key_for(f"{principal.partner_id}/SubmitLead", request)
@@ -279,8 +304,10 @@ class PartnerHandlers(partner_service_pb2_grpc.PartnerServiceServicer):
     async def ReportConversion(self, request: partner_service_pb2.ReportConversionRequest,
                                context: grpc.aio.ServicerContext) -> partner_service_pb2.ReportConversionResponse:
         with Audit("ReportConversion", "partner") as audit:
-            principal = await self.service.admit(metadata_value(context, API_KEY_HEADER), "ReportConversion")
+            principal = await self.service.admit(metadata_value(context, API_KEY_HEADER), "ReportConversion",
+                                                  client_certificate(context))
             audit.partner_id, audit.key_id = principal.partner_id, principal.key_id
+            audit.cert_fingerprint = principal.cert_fingerprint
             conversion = conversion_from_proto(request)
             audit.resource = f"leads/{conversion.lead_id}"
             key = key_for(f"{principal.partner_id}/ReportConversion", request)
@@ -290,8 +317,10 @@ class PartnerHandlers(partner_service_pb2_grpc.PartnerServiceServicer):
     async def GetLeadStatus(self, request: partner_service_pb2.GetLeadStatusRequest,
                             context: grpc.aio.ServicerContext) -> partner_service_pb2.GetLeadStatusResponse:
         with Audit("GetLeadStatus", "partner") as audit:
-            principal = await self.service.admit(metadata_value(context, API_KEY_HEADER), "GetLeadStatus")
+            principal = await self.service.admit(metadata_value(context, API_KEY_HEADER), "GetLeadStatus",
+                                                  client_certificate(context))
             audit.partner_id, audit.key_id = principal.partner_id, principal.key_id
+            audit.cert_fingerprint = principal.cert_fingerprint
             lead_id = parse_name(request.lead, "leads", field="lead")
             audit.resource = f"leads/{lead_id}"
             lead = await self.service.get_lead(principal, lead_id)
@@ -405,3 +434,17 @@ class AdminHandlers(gateway_admin_service_pb2_grpc.GatewayAdminServiceServicer):
             record = await self.service.revoke_partner_key(partner_id, request.key_id)
             return gateway_admin_service_pb2.RevokeApiKeyResponse(
                 api_key=api_key_to_proto(record, self.service.clock()))
+
+    async def SetPartnerClientCertificate(
+        self, request: gateway_admin_service_pb2.SetPartnerClientCertificateRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> gateway_admin_service_pb2.SetPartnerClientCertificateResponse:
+        with Audit("SetPartnerClientCertificate", "admin") as audit:
+            self.service.authorize_admin(metadata_value(context, ADMIN_TOKEN_HEADER))
+            partner_id = self._partner(audit, request.partner)
+            registered = await self.service.set_client_certificate(partner_id, request.certificate_pem)
+            if registered is None:
+                return gateway_admin_service_pb2.SetPartnerClientCertificateResponse()
+            audit.cert_fingerprint = registered.fingerprint
+            return gateway_admin_service_pb2.SetPartnerClientCertificateResponse(
+                client_certificate=client_certificate_to_proto(registered))

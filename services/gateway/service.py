@@ -34,6 +34,7 @@ from services.gateway.domain import (
     MAX_RATE_PER_SECOND,
     RPC_SCOPES,
     ApiKeyRecord,
+    ClientCertificate,
     ConversionInput,
     Decision,
     IssuedApiKey,
@@ -131,7 +132,33 @@ class GatewayService:
     def authorize_admin(self, presented_token: str | None) -> None:
         auth.check_admin_token(self.admin_token, presented_token)
 
-    async def authenticate(self, raw_key: str | None) -> Principal:
+    async def authenticate(self, raw_key: str | None, client_cert_pem: bytes | None = None) -> Principal:
+        """The partner behind the call's credentials. Without a client certificate: the API key alone (below).
+        With one (the call came over mutual TLS, the certificate already verified against the client CA): it
+        must be registered to a partner (UNAUTHENTICATED CLIENT_CERT_UNKNOWN otherwise, key or no key); an API
+        key may accompany it only if it is valid and of the same partner (UNAUTHENTICATED CREDENTIALS_CONFLICT
+        otherwise)."""
+        if client_cert_pem is None:
+            return await self.authenticate_key(raw_key)
+        identity = auth.certificate_identity(client_cert_pem)
+        unknown = Unauthenticated("CLIENT_CERT_UNKNOWN", "the client certificate is not registered to a partner")
+        if identity is None:
+            raise unknown
+        async with self.uow_factory() as uow:
+            registered = await uow.client_certs.by_fingerprint(identity.fingerprint)
+        if registered is None:
+            raise unknown
+        key_id = ""
+        if raw_key:
+            by_key = await self.authenticate_key(raw_key)
+            if by_key.partner_id != registered.partner_id:
+                raise Unauthenticated("CREDENTIALS_CONFLICT",
+                                      "the API key and the client certificate belong to different partners")
+            key_id = by_key.key_id
+        _annotate(partner_id=registered.partner_id)
+        return Principal(partner_id=registered.partner_id, key_id=key_id, cert_fingerprint=identity.fingerprint)
+
+    async def authenticate_key(self, raw_key: str | None) -> Principal:
         """The partner behind an API key, or UNAUTHENTICATED: API_KEY_MISSING, API_KEY_MALFORMED,
         API_KEY_INVALID (unknown key id or wrong secret), API_KEY_REVOKED (right secret, revoked key)."""
         parsed = auth.parse_api_key(raw_key)
@@ -159,10 +186,11 @@ class GatewayService:
         _annotate(partner_id=record.partner_id)
         return Principal(partner_id=record.partner_id, key_id=record.key_id)
 
-    async def admit(self, raw_key: str | None, rpc: str) -> Principal:
-        """Authentication, then the RPC's scope (PERMISSION_DENIED SCOPE_MISSING), then one token of the
+    async def admit(self, raw_key: str | None, rpc: str, client_cert_pem: bytes | None = None) -> Principal:
+        """Authentication (API key and/or mTLS client certificate), then the RPC's scope (PERMISSION_DENIED
+        SCOPE_MISSING), then one token of the
         partner's rate limit and daily quota (RESOURCE_EXHAUSTED RATE_LIMITED / QUOTA_EXCEEDED)."""
-        principal = await self.authenticate(raw_key)
+        principal = await self.authenticate(raw_key, client_cert_pem)
         scope = RPC_SCOPES[rpc]
         async with self.uow_factory() as uow:
             scopes = await uow.policies.scopes(principal.partner_id)
@@ -295,6 +323,32 @@ class GatewayService:
         log.info("api key rotated", extra={"partner_id": partner_id, "key_id": key_id, "new_key_id": new_id,
                                            "overlap_seconds": overlap})
         return IssuedApiKey(key_id=new_id, api_key=auth.format_api_key(new_id, secret)), previous
+
+    async def set_client_certificate(self, partner_id: str, certificate_pem: str) -> ClientCertificate | None:
+        """Registers (replaces) the partner's mTLS client certificate; an empty PEM removes it. INVALID_ARGUMENT
+        INVALID_CERTIFICATE, NOT_FOUND partner, ALREADY_EXISTS CLIENT_CERT_IN_USE (another partner's)."""
+        identity = None
+        if certificate_pem.strip():
+            identity = auth.certificate_identity(certificate_pem)
+            if identity is None:
+                raise InvalidArgument.field("certificate_pem", "not a PEM X.509 certificate",
+                                            reason="INVALID_CERTIFICATE")
+        async with self.uow_factory() as uow:
+            await self._existing_partner(uow, partner_id)
+            if identity is not None:
+                holder = await uow.client_certs.by_fingerprint(identity.fingerprint)
+                if holder is not None and holder.partner_id != partner_id:
+                    raise AlreadyExists("client_certificate", partner_name(partner_id), reason="CLIENT_CERT_IN_USE")
+            try:
+                registered = await uow.client_certs.replace(
+                    partner_id, identity.fingerprint if identity else None, identity.common_name if identity else "")
+                await uow.commit()
+            except sqlalchemy.exc.IntegrityError:  # registered to another partner concurrently
+                raise AlreadyExists("client_certificate", partner_name(partner_id),
+                                    reason="CLIENT_CERT_IN_USE") from None
+        log.info("client certificate %s", "set" if identity else "removed",
+                 extra={"partner_id": partner_id, "cert_fingerprint": identity.fingerprint if identity else ""})
+        return registered
 
     async def list_partners(self, size: int, token: str) -> tuple[list[Partner], str]:
         size = page_size(size)

@@ -61,6 +61,50 @@ def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
+# TLS_CLIENT_AUTH values. grpcio's Python API can only not request a client certificate or request *and require*
+# one (verified against TLS_CLIENT_CA_FILE): "optional" (request, don't require) cannot be offered on one port.
+TLS_CLIENT_AUTH_NONE = "none"
+TLS_CLIENT_AUTH_REQUIRED = "required"
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """Server TLS: the certificate chain and key files, and optionally the CA that signs client certificates."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+    client_auth: str = TLS_CLIENT_AUTH_NONE
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> TlsSettings | None:
+        """None when TLS_CERT_FILE and TLS_KEY_FILE are both unset (plain, insecure listener)."""
+        cert, key = env.get("TLS_CERT_FILE", "").strip(), env.get("TLS_KEY_FILE", "").strip()
+        ca = env.get("TLS_CLIENT_CA_FILE", "").strip() or None
+        auth = env.get("TLS_CLIENT_AUTH", "").strip().lower()
+        if not cert and not key:
+            if ca or auth:
+                raise ConfigError("TLS_CLIENT_CA_FILE and TLS_CLIENT_AUTH need TLS_CERT_FILE and TLS_KEY_FILE")
+            return None
+        if not cert or not key:
+            raise ConfigError("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
+        if not auth:
+            auth = TLS_CLIENT_AUTH_REQUIRED if ca else TLS_CLIENT_AUTH_NONE
+        if auth == "optional":
+            raise ConfigError("TLS_CLIENT_AUTH=optional is not supported: grpcio can only require a client "
+                              "certificate or not request one; use required or none")
+        if auth not in {TLS_CLIENT_AUTH_NONE, TLS_CLIENT_AUTH_REQUIRED}:
+            raise ConfigError(f"TLS_CLIENT_AUTH must be none or required, got {auth!r}")
+        if auth == TLS_CLIENT_AUTH_REQUIRED and not ca:
+            raise ConfigError("TLS_CLIENT_AUTH=required needs TLS_CLIENT_CA_FILE")
+        if auth == TLS_CLIENT_AUTH_NONE and ca:
+            raise ConfigError("TLS_CLIENT_CA_FILE is set but TLS_CLIENT_AUTH=none would never use it")
+        for name, path in (("TLS_CERT_FILE", cert), ("TLS_KEY_FILE", key), ("TLS_CLIENT_CA_FILE", ca)):
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"{name} is not a readable file: {path}")
+        return cls(cert_file=cert, key_file=key, client_ca_file=ca, client_auth=auth)
+
+
 def dependency_env_name(service: str) -> str:
     return f"{service.upper()}_SERVICE_ADDR"
 
@@ -82,6 +126,8 @@ class ServiceSettings:
     # Addresses of the services this one calls, by service name.
     dependencies: dict[str, str] = field(default_factory=dict)
     extra: dict[str, str] = field(default_factory=dict)
+    # None: a plain (insecure) listener, as before.
+    tls: TlsSettings | None = None
 
     @property
     def listen_address(self) -> str:
@@ -117,4 +163,5 @@ class ServiceSettings:
             port_file=env.get("PORT_FILE") or None,
             dependencies=deps,
             extra={name: env[name] for name in extra if env.get(name)},
+            tls=TlsSettings.from_env(env),
         )

@@ -29,7 +29,7 @@ from opentelemetry.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 
 from services.platform import migrations
-from services.platform.config import ConfigError, ServiceSettings
+from services.platform.config import TLS_CLIENT_AUTH_REQUIRED, ConfigError, ServiceSettings, TlsSettings
 from services.platform.db import Database
 from services.platform.interceptors import ServiceInterceptor
 from services.platform.logs import configure_logging
@@ -177,7 +177,14 @@ async def start_service(definition: ServiceDefinition, settings: ServiceSettings
     runtime = Runtime(settings=settings, database=database, tracer_provider=tracer_provider, metrics=metrics)
     await definition.register(server, runtime)
     try:
-        port = server.add_insecure_port(settings.listen_address)
+        credentials = _server_credentials(settings.tls) if settings.tls is not None else None
+        if credentials is None:
+            port = server.add_insecure_port(settings.listen_address)
+        else:
+            port = server.add_secure_port(settings.listen_address, credentials)
+    except OSError as error:
+        await database.dispose()
+        raise StartupError(f"cannot read the TLS files: {error}") from None
     except RuntimeError:
         await database.dispose()
         raise StartupError(f"cannot listen on {settings.listen_address}: the port is in use or not permitted") from None
@@ -187,8 +194,19 @@ async def start_service(definition: ServiceDefinition, settings: ServiceSettings
         _write_port_file(settings.port_file, port)
     await running.check_ready()
     running.start_readiness()
-    log.info("listening", extra={"port": port, "host": settings.listen_host})
+    log.info("listening", extra={"port": port, "host": settings.listen_host,
+                                 "tls": settings.tls.client_auth if settings.tls else "off"})
     return running
+
+
+def _server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
+    """TLS with the configured chain; with client auth "required", every client must present a certificate
+    signed by TLS_CLIENT_CA_FILE (it then appears in `context.auth_context()` as x509_pem_cert)."""
+    key = Path(tls.key_file).read_bytes()
+    chain = Path(tls.cert_file).read_bytes()
+    required = tls.client_auth == TLS_CLIENT_AUTH_REQUIRED
+    root = Path(tls.client_ca_file).read_bytes() if tls.client_ca_file and required else None
+    return grpc.ssl_server_credentials([(key, chain)], root_certificates=root, require_client_auth=required)
 
 
 def _write_port_file(path: str, port: int) -> None:
