@@ -62,6 +62,13 @@ class DecisionRow(Base):
     policy_version: Mapped[str] = mapped_column(String(64))
     candidates: Mapped[list[Any]] = mapped_column(JSON)
     create_time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    # What re-evaluation needs (service.py, "explain"); empty on records written before revision 0005.
+    # The snapshot holds the scoring attributes, region, time zone, the age at decision time (never the birth
+    # date) and the decision time as requested; snapshot_hash is the sha256 of its canonical JSON.
+    snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    snapshot_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    max_offers: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    action_probability: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class CampaignRow(Base):

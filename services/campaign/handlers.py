@@ -11,6 +11,7 @@ from lodestar.campaign.v1 import (
     campaign_pb2,
     campaign_service_pb2,
     campaign_service_pb2_grpc,
+    decision_pb2,
     history_pb2,
     launch_pb2,
     model_pb2,
@@ -37,7 +38,7 @@ from services.campaign.domain import (
 from services.campaign.launch import LaunchService, LaunchView, OutboxEntry
 from services.campaign.learning import HistoryEntry, LearningService, ModelVersionInfo
 from services.campaign.lifecycle import CampaignLifecycle, check_consistency
-from services.campaign.service import CampaignService
+from services.campaign.service import CampaignService, DecisionExplanation, DecisionRecordView
 from services.platform import pagination, timestamps
 from services.platform.db import utcnow
 from services.platform.errors import FailedPrecondition, InvalidArgument
@@ -331,6 +332,50 @@ def outbox_to_proto(entry: OutboxEntry) -> launch_pb2.OutboxMessage:
         expected_value=entry.expected_value, probability=entry.probability)
 
 
+def candidate_to_proto(candidate: dict[str, Any]) -> decision_pb2.DecisionCandidate:
+    return decision_pb2.DecisionCandidate(
+        offer_id=str(candidate.get("offer_id", "")), verdict=str(candidate.get("verdict", "")),
+        risk_reasons=[str(r) for r in candidate.get("reasons") or ()],
+        probability=float(candidate.get("propensity") or 0.0),
+        conversion_value=float(candidate.get("conversion_value") or 0.0),
+        contact_cost=float(candidate.get("contact_cost") or 0.0),
+        expected_value=float(candidate.get("expected_value") or 0.0),
+        model_version=str(candidate.get("model_version", "")), basis=str(candidate.get("basis", "")),
+        rank=int(candidate.get("rank") or 0),
+    )
+
+
+def decision_record_to_proto(record: DecisionRecordView) -> decision_pb2.DecisionRecord:
+    message = decision_pb2.DecisionRecord(
+        name=f"decisions/{record.decision_id}", customer_token=record.customer_token,
+        context=offer_pb2.DecisionContext(channel=record.channel,  # type: ignore[arg-type]
+                                          partner_id=record.partner_id, placement=record.placement,
+                                          decision_time=_ts(record.decision_time)),
+        max_offers=record.max_offers or 0, candidates=[candidate_to_proto(c) for c in record.candidates],
+        model_version=record.model_version, policy_version=record.policy_version,
+        snapshot_hash=record.snapshot_hash or "", action_probability=record.action_probability or 0.0,
+        create_time=_ts(record.create_time),
+    )
+    if record.snapshot is not None:
+        message.snapshot.region = str(record.snapshot.get("region", ""))
+        message.snapshot.time_zone = str(record.snapshot.get("time_zone", ""))
+        message.snapshot.attributes.update(record.snapshot.get("attributes") or {})
+        if record.snapshot.get("age") is not None:
+            message.snapshot.age = int(record.snapshot["age"])
+    return message
+
+
+def explanation_to_proto(explanation: DecisionExplanation) -> campaign_service_pb2.ExplainDecisionResponse:
+    response = campaign_service_pb2.ExplainDecisionResponse(
+        decision=decision_record_to_proto(explanation.record), reproduced=explanation.reproduced,
+        recomputed=[candidate_to_proto(c) for c in explanation.recomputed])
+    if explanation.difference is not None:
+        d = explanation.difference
+        response.difference.CopyFrom(decision_pb2.DecisionDifference(
+            offer_id=d.offer_id, field=d.field, recorded=d.recorded, recomputed=d.recomputed))
+    return response
+
+
 class CampaignHandlers(campaign_service_pb2_grpc.CampaignServiceServicer):
     def __init__(self, service: CampaignService, lifecycle: CampaignLifecycle, learning: LearningService,
                  launches: LaunchService | None = None) -> None:
@@ -397,6 +442,16 @@ class CampaignHandlers(campaign_service_pb2_grpc.CampaignServiceServicer):
         decision = await self.service.decide(request.customer_id, decision_context,
                                              request.max_offers or DEFAULT_MAX_OFFERS)
         return decision_to_proto(decision)
+
+    async def GetDecision(self, request: campaign_service_pb2.GetDecisionRequest,
+                          context: grpc.aio.ServicerContext) -> campaign_service_pb2.GetDecisionResponse:
+        record = await self.service.get_decision(parse_name(request.name, "decisions"))
+        return campaign_service_pb2.GetDecisionResponse(decision=decision_record_to_proto(record))
+
+    async def ExplainDecision(self, request: campaign_service_pb2.ExplainDecisionRequest,
+                              context: grpc.aio.ServicerContext) -> campaign_service_pb2.ExplainDecisionResponse:
+        explanation = await self.service.explain_decision(parse_name(request.name, "decisions"))
+        return explanation_to_proto(explanation)
 
     async def CreateOffer(self, request: campaign_service_pb2.CreateOfferRequest,
                           context: grpc.aio.ServicerContext) -> campaign_service_pb2.CreateOfferResponse:

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Protocol
+from datetime import date, datetime
+from typing import Any, Protocol
 
 from opentelemetry import trace
+from sqlalchemy import select
 
-from services.campaign.db import CampaignUnitOfWork, DecisionRow
+from services.campaign import modeling
+from services.campaign.db import CampaignUnitOfWork, DecisionRow, ModelVersionRow
 from services.campaign.db import IdempotencyKey as IdempotencyKeyRow
 from services.campaign.domain import (
     CustomerSnapshot,
@@ -25,11 +30,12 @@ from services.campaign.domain import (
     Reason,
     ScreenResult,
     SuppressedOffer,
+    Verdict,
     offer_from_json,
     offer_to_json,
 )
 from services.campaign.modeling import Example, TrainedModel, build_frame
-from services.campaign.scoring import HeuristicPropensityModel
+from services.campaign.scoring import HeuristicPropensityModel, age_at
 from services.platform.errors import AlreadyExists, NotFound
 from services.platform.idempotency import Codec, IdempotencyKey, run_idempotent
 from services.platform.masking import customer_token
@@ -69,6 +75,107 @@ class OfferScore:
     probability: float
     model_version: str
     basis: str  # "uplift" | "propensity"
+    # The customer attributes the model read (stored in the decision's feature snapshot).
+    features: tuple[str, ...] = ()
+
+
+# The customer attributes the heuristic reads (scoring.py).
+HEURISTIC_ATTRIBUTES = ("income", "risk_tolerance")
+# Decide ranks by the arg-max of expected value: the logged action is chosen with probability 1.
+DETERMINISTIC_ACTION_PROBABILITY = 1.0
+
+
+@dataclass(frozen=True)
+class DecisionRecordView:
+    """A stored decision, as GetDecision returns it: the customer only as its token."""
+
+    decision_id: str
+    customer_token: str
+    channel: int
+    partner_id: str
+    placement: str
+    decision_time: datetime
+    max_offers: int | None
+    candidates: list[dict[str, Any]]
+    model_version: str
+    policy_version: str
+    snapshot: dict[str, Any] | None
+    snapshot_hash: str | None
+    action_probability: float | None
+    create_time: datetime
+
+
+@dataclass(frozen=True)
+class DecisionDifference:
+    offer_id: str
+    field: str
+    recorded: str
+    recomputed: str
+
+
+@dataclass(frozen=True)
+class DecisionExplanation:
+    record: DecisionRecordView
+    reproduced: bool
+    difference: DecisionDifference | None
+    recomputed: list[dict[str, Any]]
+
+
+def feature_snapshot(customer: CustomerSnapshot, decision_time: datetime,
+                     scores: dict[str, OfferScore]) -> dict[str, Any]:
+    """What re-evaluating a decision needs of the customer: the attributes the scoring read, region, time zone,
+    and the age at the decision time — not the birth date (personal data stays in profile) — plus the decision
+    time exactly as requested (its offset decides the calendar date the scorers see)."""
+    used = sorted({name for score in scores.values() for name in score.features})
+    return {
+        "attributes": {name: customer.attributes[name] for name in used if name in customer.attributes},
+        "region": customer.region, "time_zone": customer.time_zone,
+        "age": age_at(customer.birth_date, decision_time.date()), "decision_time": decision_time.isoformat(),
+    }
+
+
+def snapshot_hash(snapshot: dict[str, Any]) -> str:
+    """sha256 of the snapshot's canonical JSON (sorted keys, no spaces)."""
+    return hashlib.sha256(json.dumps(snapshot, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def birth_date_for_age(age: int, on: date) -> date:
+    """A birth date giving exactly `age` on `on` (what the scorers compute from), for re-evaluation."""
+    try:
+        return on.replace(year=on.year - age)
+    except ValueError:  # 29 February
+        return on.replace(year=on.year - age, day=28)
+
+
+# Stored candidate keys compared by re-evaluation, in order, with their names in the contract.
+_COMPARED = (("offer_id", "offer_id"), ("verdict", "verdict"), ("reasons", "risk_reasons"),
+             ("model_version", "model_version"), ("basis", "basis"), ("propensity", "probability"),
+             ("conversion_value", "conversion_value"), ("contact_cost", "contact_cost"),
+             ("expected_value", "expected_value"), ("rank", "rank"))
+
+
+def first_difference(recorded: list[dict[str, Any]], recomputed: list[dict[str, Any]]) -> DecisionDifference | None:
+    """The first candidate field where a re-evaluation differs from the record (floats to 1e-9)."""
+    for old, new in zip(recorded, recomputed, strict=False):
+        offer_id = str(old.get("offer_id", ""))
+        for key, name in _COMPARED:
+            a, b = old.get(key), new.get(key)
+            same = (math.isclose(float(a), float(b), rel_tol=0.0, abs_tol=1e-9)
+                    if isinstance(a, (int, float)) and isinstance(b, (int, float))
+                    and not isinstance(a, bool) and not isinstance(b, bool) else a == b)
+            if not same:
+                return DecisionDifference(offer_id, name, _text(a), _text(b))
+    if len(recorded) != len(recomputed):
+        return DecisionDifference("", "candidates", str(len(recorded)), str(len(recomputed)))
+    return None
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
 
 
 class CampaignService:
@@ -128,12 +235,14 @@ class CampaignService:
             policy_version=screen.policy_version,
             model_version=",".join(sorted({s.model_version for s in scores.values()})) or self.model.version,
         )
+        snapshot = feature_snapshot(customer, context.decision_time, scores)
         async with self.uow_factory() as uow:
             uow.decisions.add(DecisionRow(
                 decision_id=decision.decision_id, customer_id=customer_id, channel=context.channel,
                 partner_id=context.partner_id, placement=context.placement, decision_time=context.decision_time,
                 model_version=decision.model_version, policy_version=decision.policy_version,
-                candidates=candidates,
+                candidates=candidates, snapshot=snapshot, snapshot_hash=snapshot_hash(snapshot),
+                max_offers=max_offers, action_probability=DETERMINISTIC_ACTION_PROBABILITY,
             ))
             await uow.commit()
         span.set_attribute(ATTR_OFFERS_CONSIDERED, len(offers))
@@ -160,10 +269,12 @@ class CampaignService:
                 frame = build_frame([Example(customer.attributes, customer.birth_date, customer.region,
                                              context.decision_time, {})], trained.spec)
                 probability = float(trained.score(frame)[0])
-                scores[offer.offer_id] = OfferScore(probability, version, basis)
+                scores[offer.offer_id] = OfferScore(probability, version, basis, tuple(
+                    c.removeprefix("attr.") for c in trained.spec.columns if c.startswith("attr.")))
             else:
                 probability = self.model.score(customer, offer, context.decision_time.date())
-                scores[offer.offer_id] = OfferScore(probability, self.model.version, "propensity")
+                scores[offer.offer_id] = OfferScore(probability, self.model.version, "propensity",
+                                                    HEURISTIC_ATTRIBUTES)
         if scores:
             self.metrics.record_scoring((time.perf_counter() - started) * 1000,
                                         ",".join(sorted({s.model_version for s in scores.values()})))
@@ -213,3 +324,85 @@ class CampaignService:
         for record in candidates:
             record["rank"] = next((r.rank for r in eligible[:max_offers] if r.offer.offer_id == record["offer_id"]), 0)
         return eligible[:max_offers], suppressed, candidates
+
+    # --- decision records: get and re-evaluate ------------------------------------------------------------
+
+    async def get_decision(self, decision_id: str) -> DecisionRecordView:
+        async with self.uow_factory() as uow:
+            row = await uow.decisions.get(decision_id)
+            if row is None:
+                raise NotFound("decision", f"decisions/{decision_id}")
+            view = DecisionRecordView(
+                decision_id=row.decision_id, customer_token=customer_token(row.customer_id), channel=row.channel,
+                partner_id=row.partner_id, placement=row.placement, decision_time=row.decision_time,
+                max_offers=row.max_offers, candidates=[dict(c) for c in row.candidates or []],
+                model_version=row.model_version, policy_version=row.policy_version,
+                snapshot=dict(row.snapshot) if row.snapshot is not None else None, snapshot_hash=row.snapshot_hash,
+                action_probability=row.action_probability, create_time=row.create_time,
+            )
+        trace.get_current_span().set_attribute(ATTR_CUSTOMER_TOKEN, view.customer_token)
+        return view
+
+    async def explain_decision(self, decision_id: str) -> DecisionExplanation:
+        """Re-computes the ranking from the stored snapshot with the recorded model versions (loaded by name from
+        the registry; the heuristic by its version) and the recorded risk verdicts, against the catalog's offers,
+        and compares every candidate's terms, verdict, model version and rank with the record."""
+        record = await self.get_decision(decision_id)
+
+        def differs(offer_id: str, field: str, recorded: str, recomputed: str) -> DecisionExplanation:
+            return DecisionExplanation(record, False, DecisionDifference(offer_id, field, recorded, recomputed), [])
+
+        snapshot = record.snapshot
+        if snapshot is None or record.max_offers is None:
+            return differs("", "snapshot", "absent", "recorded before decision snapshots were stored")
+        if snapshot_hash(snapshot) != record.snapshot_hash:
+            return differs("", "snapshot_hash", record.snapshot_hash or "-", snapshot_hash(snapshot))
+        decision_time = datetime.fromisoformat(snapshot["decision_time"])
+        age = snapshot.get("age")
+        customer = CustomerSnapshot(
+            customer_id="", birth_date=birth_date_for_age(age, decision_time.date()) if age is not None else None,
+            region=snapshot.get("region", ""), time_zone=snapshot.get("time_zone", ""),
+            attributes=dict(snapshot.get("attributes") or {}))
+        offers: list[Offer] = []
+        async with self.uow_factory() as uow:
+            for candidate in record.candidates:
+                offer = await uow.offers.get(str(candidate["offer_id"]))
+                if offer is None:
+                    return differs(str(candidate["offer_id"]), "offer", "in the catalog", "not in the catalog")
+                offers.append(offer)
+        verdicts = {str(c["offer_id"]): Verdict(str(c["offer_id"]), str(c["verdict"]), tuple(c.get("reasons") or ()))
+                    for c in record.candidates if c.get("verdict") != "MISSING"}
+        scores: dict[str, OfferScore] = {}
+        models: dict[str, modeling.TrainedModel | None] = {}
+        for offer, candidate in zip(offers, record.candidates, strict=True):
+            if candidate.get("verdict") != "ALLOW":
+                continue
+            version, basis = str(candidate.get("model_version", "")), str(candidate.get("basis", "propensity"))
+            if version == self.model.version:
+                probability = self.model.score(customer, offer, decision_time.date())
+            else:
+                if version not in models:
+                    models[version] = await self._load_model_version(version)
+                trained = models[version]
+                if trained is None:
+                    return differs(offer.offer_id, "model_version", version, "not in the model registry")
+                frame = modeling.build_frame([modeling.Example(customer.attributes, customer.birth_date,
+                                                               customer.region, decision_time, {})], trained.spec)
+                probability = float(trained.score(frame)[0])
+            scores[offer.offer_id] = OfferScore(probability, version, basis)
+        _, _, recomputed = self._rank(offers, ScreenResult(verdicts, record.policy_version), scores,
+                                      record.max_offers)
+        difference = first_difference(record.candidates, recomputed)
+        return DecisionExplanation(record, difference is None, difference, recomputed)
+
+    async def _load_model_version(self, name: str) -> modeling.TrainedModel | None:
+        """'models/{model_id}/versions/{n}' from the registry, whatever its status now; None when absent."""
+        parts = name.split("/")
+        if len(parts) != 4 or parts[0] != "models" or parts[2] != "versions" or not parts[3].isdigit():
+            return None
+        async with self.uow_factory() as uow:
+            row = await uow.session.scalar(select(ModelVersionRow).where(
+                ModelVersionRow.model_id == parts[1], ModelVersionRow.version == int(parts[3])))
+            if row is None:
+                return None
+            return modeling.TrainedModel.from_artifact(row.artifact, modeling.metrics_from_json(row.metrics))
