@@ -7,17 +7,28 @@
     lodestar risk credit train FILE --label COL [--id-column C] [--features a,b] [--categorical c] [--promote]
     lodestar risk credit list | promote VERSION
     lodestar risk credit score CUSTOMER_ID --feature NAME=VALUE ... [--income N] [--model VERSION]
+    lodestar risk fraud check --kind lead|redemption --partner P [--customer C] [--device D]
+                              [--phone NUMBER | --phone-hash H] [--ip ADDRESS] [--at ISO-TIME]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from lodestar.common.v1 import common_pb2
-from lodestar.risk.v1 import audit_pb2, contact_policy_pb2, content_pb2, credit_pb2, risk_service_pb2_grpc
+from lodestar.risk.v1 import (
+    audit_pb2,
+    contact_policy_pb2,
+    content_pb2,
+    credit_pb2,
+    fraud_pb2,
+    risk_service_pb2_grpc,
+)
 from lodestar_cli import demo
 from lodestar_cli.main import CliError, Context, table, to_dict
 
@@ -198,6 +209,48 @@ def cmd_credit_score(ctx: Context) -> int:
     return 0
 
 
+ACTIVITY_KINDS = {"lead": fraud_pb2.ACTIVITY_KIND_LEAD_SUBMISSION,
+                  "redemption": fraud_pb2.ACTIVITY_KIND_OFFER_REDEMPTION}
+
+
+def cmd_fraud_check(ctx: Context) -> int:
+    """Checks one activity event; exit 3 when denied or sent for review. A --phone number is hashed here
+    (sha256 of its digits and '+'), so the number itself never leaves this machine."""
+    args = ctx.args
+    if args.phone and args.phone_hash:
+        raise CliError("INVALID_ARGUMENT", "INVALID_ARGUMENT", "give at most one of --phone and --phone-hash")
+    phone_hash = args.phone_hash
+    if args.phone:
+        phone_hash = hashlib.sha256("".join(c for c in args.phone if c.isdigit() or c == "+").encode()).hexdigest()
+    event = fraud_pb2.ActivityEvent(kind=ACTIVITY_KINDS[args.kind], partner_id=args.partner,
+                                    customer_id=args.customer, device_id=args.device, phone_hash=phone_hash,
+                                    ip_address=args.ip)
+    if args.at:
+        try:
+            when = datetime.fromisoformat(args.at)
+        except ValueError:
+            raise CliError("INVALID_ARGUMENT", "INVALID_ARGUMENT", "--at must be an ISO 8601 time") from None
+        if when.tzinfo is None:
+            raise CliError("INVALID_ARGUMENT", "INVALID_ARGUMENT", "--at needs a UTC offset, e.g. +08:00 or Z")
+        event.event_time.FromDatetime(when)
+    request = fraud_pb2.CheckActivityRequest(event=event, request_id=args.request_id or f"cli:{uuid.uuid4()}")
+    with ctx.channel("risk") as channel:
+        response = _stub(ctx, channel).CheckActivity(request, timeout=ctx.timeout)
+    decision = fraud_pb2.FraudDecision.Name(response.decision).removeprefix("FRAUD_DECISION_")
+    data = to_dict(response)
+    data["decision"] = decision
+    lines = [f"{decision} ({response.name})"]
+    rows = [(h.rule_id, str(h.observed), str(h.limit)) for h in response.hits]
+    if rows:
+        lines.append(table(rows, ("RULE", "OBSERVED", "LIMIT")))
+    anomaly = response.anomaly
+    lines.append(f"anomaly score {anomaly.score:.3f} (threshold {anomaly.threshold:.3f}, trained on "
+                 f"{anomaly.training_events} events){' FLAGGED' if anomaly.flagged else ''}" if anomaly.scored
+                 else "anomaly model not trained yet (too little history)")
+    ctx.emit(data, "\n".join(lines))
+    return 0 if response.decision == fraud_pb2.FRAUD_DECISION_ALLOW else 3
+
+
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
     risk = commands.add_parser("risk", parents=[common], help="do-not-contact, complaints, content, audit")
     risk_sub = risk.add_subparsers(dest="risk_command", required=True, metavar="COMMAND")
@@ -263,3 +316,18 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     score.add_argument("--income", type=float, default=None, help="monthly income (gives the max limit)")
     score.add_argument("--model", default="", help="a version instead of the champion")
     score.set_defaults(handler=cmd_credit_score)
+
+    fraud = risk_sub.add_parser("fraud", parents=[common], help="fraud and abuse checks")
+    fraud_sub = fraud.add_subparsers(dest="fraud_command", required=True, metavar="COMMAND")
+    fraud_check = fraud_sub.add_parser("check", parents=[common],
+                                       help="check a lead or redemption (exit 3 when denied or for review)")
+    fraud_check.add_argument("--kind", required=True, choices=sorted(ACTIVITY_KINDS))
+    fraud_check.add_argument("--partner", required=True, help="the partner id")
+    fraud_check.add_argument("--customer", default="", help="the customer id, when known")
+    fraud_check.add_argument("--device", default="", help="the device id")
+    fraud_check.add_argument("--phone", default="", help="a phone number (hashed locally before sending)")
+    fraud_check.add_argument("--phone-hash", default="", help="a phone hash (32-128 hex digits)")
+    fraud_check.add_argument("--ip", default="", help="the IP address")
+    fraud_check.add_argument("--at", default="", help="event time, ISO 8601 with offset (default now)")
+    fraud_check.add_argument("--request-id", default="")
+    fraud_check.set_defaults(handler=cmd_fraud_check)

@@ -8,6 +8,7 @@ import grpc
 
 from lodestar.risk.v1 import risk_service_pb2, risk_service_pb2_grpc
 from services.platform.server import Runtime, ServiceDefinition
+from services.risk import fraud
 from services.risk.config import EXTRA_SETTINGS, contact_policy_from, quiet_hours_from, validate
 from services.risk.db import RiskUnitOfWork
 from services.risk.handlers import RiskHandlers
@@ -20,6 +21,7 @@ async def register(server: grpc.aio.Server, runtime: Runtime) -> None:
     service = RiskService(
         lambda: RiskUnitOfWork(runtime.database), quiet_hours=quiet_hours_from(runtime.settings.extra),
         policy=contact_policy_from(runtime.settings.extra), metrics=runtime.metrics,
+        fraud_policy=fraud.policy_from(runtime.settings.extra),
     )
     runtime.components["service"] = service
     risk_service_pb2_grpc.add_RiskServiceServicer_to_server(RiskHandlers(service), server)

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from datetime import time, timedelta
 
 from services.platform.config import ConfigError
+from services.risk import fraud
 from services.risk.domain import Cap, Channel, ContactPolicy, QuietHours
 from services.risk.rules import DEFAULT_QUIET_HOURS, OUTBOUND_CHANNELS
 
@@ -24,7 +25,7 @@ QUIET_HOURS_END = "RISK_QUIET_HOURS_END"
 COOL_OFF_DAYS = "RISK_COOL_OFF_DAYS"
 CAPS = "RISK_CAPS"
 RESERVATION_TTL = "RISK_RESERVATION_TTL_SECONDS"
-EXTRA_SETTINGS = (QUIET_HOURS_START, QUIET_HOURS_END, COOL_OFF_DAYS, CAPS, RESERVATION_TTL)
+EXTRA_SETTINGS = (QUIET_HOURS_START, QUIET_HOURS_END, COOL_OFF_DAYS, CAPS, RESERVATION_TTL, *fraud.FRAUD_SETTINGS)
 
 DEFAULT_CAPS = "sms:1/day,3/week;email:2/week;all:5/week"
 DEFAULT_COOL_OFF_DAYS = 30
@@ -101,3 +102,4 @@ def contact_policy_from(extra: Mapping[str, str]) -> ContactPolicy:
 def validate(extra: Mapping[str, str]) -> None:
     quiet_hours_from(extra)
     contact_policy_from(extra)
+    fraud.policy_from(extra)

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     Float,
     Index,
@@ -57,6 +58,7 @@ from services.risk.domain import (
     ScreeningRequest,
     ScreeningResult,
 )
+from services.risk.fraud import KeyKind, Neighbour
 
 
 class Base(DeclarativeBase):
@@ -229,6 +231,43 @@ class CreditModelRow(Base):
     artefact: Mapped[str] = mapped_column(Text)
     create_time: Mapped[datetime] = mapped_column(UtcDateTime())
     promote_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class FraudEventRow(Base):
+    """One checked activity event (fraud.py). Device ids, phone hashes and IP addresses only as keyed hashes."""
+
+    __tablename__ = "fraud_events"
+    __table_args__ = (
+        Index("ix_fraud_events_device", "device_key", "event_time"),
+        Index("ix_fraud_events_phone", "phone_key", "event_time"),
+        Index("ix_fraud_events_ip", "ip_key", "event_time"),
+        Index("ix_fraud_events_customer", "customer_id", "event_time"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    partner_id: Mapped[str] = mapped_column(String(128))
+    customer_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    device_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    phone_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    ip_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    event_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    # fraud.FEATURES, computed when recorded: the anomaly model's training rows.
+    features: Mapped[list[float]] = mapped_column(JSON)
+    decision: Mapped[str] = mapped_column(String(16))
+    # Denied or flagged: the customer is screened FRAUD_SUSPECTED for RISK_FRAUD_FLAG_DAYS.
+    suspected: Mapped[bool] = mapped_column(Boolean)
+    anomaly_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class FraudLockRow(Base):
+    """One row per key (kind + stored value), locked by CheckActivity so that checks sharing a key serialise."""
+
+    __tablename__ = "fraud_locks"
+
+    lock_key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
 
 
 IN_CHUNK = 2000
@@ -574,6 +613,65 @@ class CreditModelRepository:
             .values(status=CreditModelStatus.CHALLENGER.value))
 
 
+_KEY_COLUMNS = {KeyKind.DEVICE: FraudEventRow.device_key, KeyKind.PHONE: FraudEventRow.phone_key,
+                KeyKind.IP: FraudEventRow.ip_key, KeyKind.CUSTOMER: FraudEventRow.customer_id}
+
+
+class FraudRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def lock(self, keys: Mapping[KeyKind, str]) -> None:
+        """Serialises every check sharing one of these keys until the transaction ends (in a fixed order, so two
+        checks never wait on each other): row locks on PostgreSQL, the write lock on SQLite."""
+        for lock_key in sorted(f"{kind.value}:{value}" for kind, value in keys.items()):
+            await _insert_ignore(self.session, FraudLockRow, {"lock_key": lock_key, "version": 0})
+            await self.session.execute(
+                update(FraudLockRow).where(FraudLockRow.lock_key == lock_key)
+                .values(version=FraudLockRow.version + 1))
+
+    async def neighbours(self, keys: Mapping[KeyKind, str], at: datetime,
+                         window: timedelta) -> dict[KeyKind, list[Neighbour]]:
+        """Recorded events sharing each key with event time strictly within `window` of `at`."""
+        out: dict[KeyKind, list[Neighbour]] = {}
+        for kind, value in keys.items():
+            rows = await self.session.execute(
+                select(FraudEventRow.event_time, FraudEventRow.customer_id).where(
+                    _KEY_COLUMNS[kind] == value, FraudEventRow.event_time > at - window,
+                    FraudEventRow.event_time < at + window))
+            out[kind] = [Neighbour(t, c) for t, c in rows]
+        return out
+
+    async def add(self, row: FraudEventRow) -> FraudEventRow:
+        self.session.add(row)
+        await self.session.flush()
+        return row
+
+    async def count(self) -> int:
+        return int(await self.session.scalar(select(func.count()).select_from(FraudEventRow)) or 0)
+
+    async def training_rows(self, first: int, limit: int) -> list[list[float]]:
+        """The features of the most recent `limit` events among the first `first` recorded (by id)."""
+        ids = select(FraudEventRow.id).order_by(FraudEventRow.id).limit(first).subquery()
+        rows = await self.session.scalars(
+            select(FraudEventRow.features).where(FraudEventRow.id.in_(select(ids.c.id)))
+            .order_by(FraudEventRow.id.desc()).limit(limit))
+        return [list(r) for r in rows]
+
+    async def suspected_customers(self, customer_ids: Sequence[str], since: datetime) -> set[str]:
+        """The customers among `customer_ids` with a denied or flagged event after `since`."""
+        found: set[str] = set()
+        ids = list(dict.fromkeys(customer_ids))
+        dialect = self.session.bind.dialect.name
+        for chunk in _chunks(ids):
+            rows = await self.session.scalars(
+                select(FraudEventRow.customer_id).distinct().where(
+                    _among(FraudEventRow.customer_id, chunk, dialect), FraudEventRow.suspected.is_(True),
+                    FraudEventRow.event_time > since))
+            found.update(r for r in rows if r)
+        return found
+
+
 class RiskUnitOfWork(UnitOfWork):
     consents: ConsentRepository
     decisions: ScreeningDecisionRepository
@@ -582,6 +680,7 @@ class RiskUnitOfWork(UnitOfWork):
     policy: PolicyRepository
     audit: AuditRepository
     credit_models: CreditModelRepository
+    fraud: FraudRepository
 
     def _enter_repositories(self) -> None:
         self.credit_models = CreditModelRepository(self.session)
@@ -591,3 +690,4 @@ class RiskUnitOfWork(UnitOfWork):
         self.reservations = ReservationRepository(self.session)
         self.policy = PolicyRepository(self.session)
         self.audit = AuditRepository(self.session)
+        self.fraud = FraudRepository(self.session)

@@ -5,6 +5,7 @@ Spans carry the customer only as `masking.customer_token` (ATTR_CUSTOMER_TOKEN),
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -23,6 +24,7 @@ from lodestar.risk.v1 import (
     contact_policy_pb2,
     content_pb2,
     credit_pb2,
+    fraud_pb2,
     risk_service_pb2,
     risk_service_pb2_grpc,
     screening_pb2,
@@ -43,7 +45,7 @@ from services.platform.validation import (
     check_time_zone,
     parse_name,
 )
-from services.risk import content
+from services.risk import content, fraud
 from services.risk.credit import CreditScore
 from services.risk.credit_support import TrainingRow
 from services.risk.domain import (
@@ -85,6 +87,9 @@ MAX_TRAINING_ROWS = 200_000
 MAX_WINDOW_ENTRIES = 16
 _FEATURE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 _DELIVERY_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+_PHONE_HASH = re.compile(r"^[0-9A-Fa-f]{32,128}$")
+# How far ahead of the server's clock an activity event may be dated (clock skew).
+MAX_EVENT_SKEW_SECONDS = 300
 
 
 # --- enums: the domain uses the proto names without their prefix -------------------------------------------
@@ -551,6 +556,61 @@ _VIOLATION_KINDS = {"BANNED_CLAIM": content_pb2.VIOLATION_KIND_BANNED_CLAIM,
                     "MISSING_DISCLOSURE": content_pb2.VIOLATION_KIND_MISSING_DISCLOSURE}
 
 
+# --- fraud and abuse ---------------------------------------------------------------------------------------
+
+def activity_from_proto(event: fraud_pb2.ActivityEvent, now: datetime) -> fraud.ActivityEvent:
+    """Validates an activity event. Error descriptions never echo a phone hash, an IP address or a customer id."""
+    kind = check_enum(event.kind, fraud_pb2.ActivityKind, "event.kind")
+    partner_id = check_id(event.partner_id, "event.partner_id")
+    customer_id = check_id(event.customer_id, "event.customer_id") if event.customer_id else ""
+    if customer_id:
+        _mark_customer(customer_id)
+    device_id = check_id(event.device_id, "event.device_id") if event.device_id else ""
+    if event.phone_hash and not _PHONE_HASH.match(event.phone_hash):
+        raise InvalidArgument.field("event.phone_hash", "must be a hash of the phone number: 32-128 hex digits",
+                                    reason="INVALID_PHONE_HASH")
+    if event.ip_address:
+        try:
+            ip = str(ipaddress.ip_address(event.ip_address))
+        except ValueError:
+            raise InvalidArgument.field("event.ip_address", "must be an IPv4 or IPv6 address",
+                                        reason="INVALID_IP_ADDRESS") from None
+    else:
+        ip = ""
+    if not (device_id or event.phone_hash or ip):
+        raise InvalidArgument.field("event.device_id", "at least one of device_id, phone_hash and ip_address is "
+                                    "required", reason="ACTIVITY_KEY_MISSING")
+    event_time = now
+    if event.HasField("event_time"):
+        violations = Violations()
+        parsed = _from_timestamp(event.event_time, "event.event_time", violations)
+        violations.raise_if_any()
+        assert parsed is not None
+        if (parsed - now).total_seconds() > MAX_EVENT_SKEW_SECONDS:
+            raise InvalidArgument.field("event.event_time", "must not be in the future",
+                                        reason="EVENT_TIME_IN_FUTURE")
+        event_time = parsed
+    return fraud.ActivityEvent(
+        kind=fraud.ActivityKind(_name_of(fraud_pb2.ActivityKind, kind, "ACTIVITY_KIND_")), partner_id=partner_id,
+        event_time=event_time, customer_id=customer_id, device_id=device_id, phone_hash=event.phone_hash.lower(),
+        ip_address=ip)
+
+
+def fraud_check_to_proto(check: fraud.FraudCheck) -> fraud_pb2.CheckActivityResponse:
+    a = check.anomaly
+    response = fraud_pb2.CheckActivityResponse(
+        name=f"fraudChecks/{check.check_id}",
+        decision=fraud_pb2.FraudDecision.Value(f"FRAUD_DECISION_{check.decision.value}"),
+        hits=[fraud_pb2.VelocityHit(rule_id=h.rule_id, key=h.key.value, observed=h.observed, limit=h.limit)
+              for h in check.hits],
+        anomaly=fraud_pb2.AnomalyAssessment(scored=a.scored, score=a.score, threshold=a.threshold,
+                                            flagged=a.flagged, training_events=a.training_events),
+    )
+    if check.suspected:
+        response.reasons.append(reason_to_proto(Reason.FRAUD_SUSPECTED))
+    return response
+
+
 class RiskHandlers(risk_service_pb2_grpc.RiskServiceServicer):
     def __init__(self, service: RiskService) -> None:
         self.service = service
@@ -755,3 +815,13 @@ class RiskHandlers(risk_service_pb2_grpc.RiskServiceServicer):
         version = parse_name(request.model, "creditModels", "model") if request.model else None
         used, score = await self.service.score_credit(customer_id, features, income, version)
         return credit_score_to_proto(used, score)
+
+    async def CheckActivity(self, request: fraud_pb2.CheckActivityRequest,
+                            context: grpc.aio.ServicerContext) -> fraud_pb2.CheckActivityResponse:
+        key = key_for("CheckActivity", request)
+        event = activity_from_proto(request.event, utcnow())
+        check = await self.service.check_activity(event, key)
+        span = trace.get_current_span()
+        span.set_attribute("lodestar.risk.fraud_decision", check.decision.value)
+        span.set_attribute("lodestar.risk.fraud_hits", len(check.hits))
+        return fraud_check_to_proto(check)

@@ -24,9 +24,15 @@ from services.platform.errors import FailedPrecondition, InvalidArgument, NotFou
 from services.platform.idempotency import Codec, IdempotencyKey, run_idempotent
 from services.platform.masking import customer_token
 from services.platform.telemetry import ServiceMetrics, service_metrics
-from services.risk import audit, credit_support, rules
+from services.risk import audit, credit_support, fraud, rules
 from services.risk.credit import CreditDataError, CreditScore, PdModel, train_pd_model
-from services.risk.db import CreditModelRow, RiskUnitOfWork, credit_model_to_domain, reservation_to_domain
+from services.risk.db import (
+    CreditModelRow,
+    FraudEventRow,
+    RiskUnitOfWork,
+    credit_model_to_domain,
+    reservation_to_domain,
+)
 from services.risk.db import IdempotencyKey as IdempotencyKeyRow
 from services.risk.domain import (
     AuditVerification,
@@ -66,6 +72,8 @@ CONSENT_CODEC = Codec(encode=consent_to_json, decode=consent_from_json)
 DNC_CODEC = Codec(encode=dnc_to_json, decode=dnc_from_json)
 TIME_CODEC = Codec(encode=time_to_json, decode=time_from_json)
 CREDIT_MODEL_CODEC = Codec(encode=credit_model_to_json, decode=credit_model_from_json)
+FRAUD_CHECK_CODEC = Codec(encode=lambda c: json.dumps(fraud.check_to_json(c)).encode(),
+                          decode=lambda b: fraud.check_from_json(json.loads(b)))
 CREDIT_PRODUCT_TYPES = rules.CREDIT_PRODUCTS
 VERIFY_PAGE = 5000
 
@@ -126,8 +134,12 @@ class RiskService:
     def __init__(self, uow_factory: Callable[[], RiskUnitOfWork], *,
                  quiet_hours: QuietHours = rules.DEFAULT_QUIET_HOURS,
                  policy: ContactPolicy | None = None,
-                 clock: Callable[[], datetime] = utcnow, metrics: ServiceMetrics | None = None) -> None:
+                 clock: Callable[[], datetime] = utcnow, metrics: ServiceMetrics | None = None,
+                 fraud_policy: fraud.FraudPolicy | None = None) -> None:
         self.uow_factory = uow_factory
+        # RISK_FRAUD_* (fraud.py): read here from the environment until the service's settings carry them.
+        self.fraud_policy = fraud_policy if fraud_policy is not None else fraud.policy_from({})
+        self._anomaly_models: dict[int, fraud.AnomalyModel] = {}
         self.metrics = metrics or service_metrics()
         self.quiet_hours = quiet_hours
         self.policy = policy if policy is not None else ContactPolicy()
@@ -172,6 +184,7 @@ class RiskService:
                 latest=max(times) + longest, with_contacts=bool(self.policy.caps),
             )
             limits = await self._credit_limits(uow, offers, items, single=kind == "SCREEN")
+            suspected = await self._fraud_suspected(uow, items, now)
             rows: list[dict[str, object]] = []
             digest = hashlib.sha256()
             denied = held = screenings = 0
@@ -183,14 +196,17 @@ class RiskService:
                 state = states.get(item.customer_id, NO_STATE)
                 limit = limits.get(n)
                 declined = limit is not None and limit.declined
+                flagged = item.customer_id in suspected
                 signature = (rules.screening_signature(item.channel, item.contact_time, item.facts, state,
-                                                       self.policy), item.offers, declined)
+                                                       self.policy), item.offers, declined, flagged)
                 screened = memo.get(signature)
                 if screened is None:
                     request = ScreeningRequest(item.customer_id, item.channel, item.contact_time, item.facts,
                                                tuple(offers[i] for i in item.offers))
                     result = rules.screen(request, state.consents, self.quiet_hours, state=state,
                                           policy=self.policy, credit_declined=declined)
+                    if flagged:
+                        result = fraud.mark_suspected(result)
                     screened = memo[signature] = _Screened.of(result)
                 if limit is not None:
                     screened = _Screened.of(_with_limit(screened.result, offers, item.offers, limit))
@@ -222,6 +238,13 @@ class RiskService:
             await uow.commit()
         self._count_refusals(items, results)
         return results
+
+    async def _fraud_suspected(self, uow: RiskUnitOfWork, items: Sequence[BatchItem], now: datetime) -> set[str]:
+        """Customers with a denied or flagged fraud check within RISK_FRAUD_FLAG_DAYS before now."""
+        if not self.fraud_policy.flag_period:
+            return set()
+        return await uow.fraud.suspected_customers([item.customer_id for item in items],
+                                                   now - self.fraud_policy.flag_period)
 
     def _count_refusals(self, items: Sequence[BatchItem], results: Sequence[ScreeningResult]) -> None:
         """Screening denials (and holds) by reason and channel, for the dashboard; one record per pair."""
@@ -514,3 +537,57 @@ class RiskService:
 
             entries = await pages()
         return audit.verify(entries, head)
+
+    # --- fraud and abuse ---------------------------------------------------------------------------------------
+
+    async def check_activity(self, event: fraud.ActivityEvent, key: IdempotencyKey | None) -> fraud.FraudCheck:
+        """Records the event and checks it (fraud.py): the velocity rules under a lock on each of its keys, so
+        that two checks sharing a key at its limit never both pass; the anomaly model trained beforehand in its
+        own read. The event row, the audit entry and the idempotency key commit together."""
+        policy = self.fraud_policy
+        model = await self._anomaly_model()
+        keys = fraud.event_keys(event, policy.hash_key)
+
+        async def check(uow: RiskUnitOfWork) -> fraud.FraudCheck:
+            now = self.clock()
+            await uow.fraud.lock(keys)
+            window = max([fraud.FEATURE_WINDOW, *(rule.length for rule in policy.rules)])
+            neighbours = await uow.fraud.neighbours(keys, event.event_time, window)
+            hits = fraud.velocity_hits(event.event_time, neighbours, policy.rules)
+            vector = fraud.features(event.event_time, neighbours)
+            anomaly = model.assess(vector) if model is not None else fraud.Anomaly()
+            decision = fraud.decide(hits, anomaly)
+            row = await uow.fraud.add(FraudEventRow(
+                kind=event.kind.value, partner_id=event.partner_id, customer_id=event.customer_id or None,
+                device_key=keys.get(fraud.KeyKind.DEVICE), phone_key=keys.get(fraud.KeyKind.PHONE),
+                ip_key=keys.get(fraud.KeyKind.IP), event_time=event.event_time, features=vector,
+                decision=decision.value, suspected=decision != fraud.FraudDecision.ALLOW,
+                anomaly_score=anomaly.score if anomaly.scored else None, create_time=now))
+            result = fraud.FraudCheck(row.id, decision, tuple(hits), anomaly)
+            summary = {"kind": event.kind.value, "partner": event.partner_id, **fraud.check_to_json(result)}
+            subject = customer_token(event.customer_id) if event.customer_id else f"fraudChecks/{row.id}"
+            await uow.audit.append(now, [("FRAUD_CHECK", "risk", subject, summary, audit.payload_hash(
+                {**summary, "keys": sorted(keys.values()), "event_time": event.event_time.isoformat()}))])
+            return result
+
+        result = await run_idempotent(self.uow_factory, IdempotencyKeyRow, key, FRAUD_CHECK_CODEC, check)
+        log.info("fraud checked", extra={
+            "customer_token": customer_token(event.customer_id) if event.customer_id else "",
+            "fraud_check": f"fraudChecks/{result.check_id}", "decision": result.decision.value,
+            "hits": [h.rule_id for h in result.hits], "anomaly_flagged": result.anomaly.flagged})
+        return result
+
+    async def _anomaly_model(self) -> fraud.AnomalyModel | None:
+        """The model for the current history size (fraud.training_size), trained once per size and cached."""
+        policy = self.fraud_policy
+        async with self.uow_factory() as uow:
+            size = fraud.training_size(await uow.fraud.count(), policy.min_training)
+            if not size:
+                return None
+            model = self._anomaly_models.get(size)
+            if model is not None:
+                return model
+            rows = await uow.fraud.training_rows(size, fraud.MAX_TRAINING)
+        model = await asyncio.to_thread(fraud.train_anomaly_model, rows, policy.contamination)
+        self._anomaly_models = {size: model}
+        return model
