@@ -1,6 +1,6 @@
 """Fault scenarios with a verdict: the four services as processes under decision load, then something breaks.
 
-    python -m bench.faults [--scenario kill|latency|postgres|disk-full|all] [--scale small|full]
+    python -m bench.faults [--scenario kill|latency|postgres|disk-full|burst|all] [--scale small|full]
 
 Each scenario prints PASS or FAIL with what held and what did not, and appends a dated section to
 docs/reliability.md (BENCH_RELIABILITY_PATH overrides the target). Exit code 1 when any scenario fails.
@@ -652,9 +652,55 @@ def _get_offers(gateway: str, api_key: str, ref: str) -> None:
             partner_service_pb2.GetOffersRequest(customer_ref=ref), metadata=(("x-api-key", api_key),), timeout=10)
 
 
+def scenario_burst(scale: Scale) -> list[Verdict]:
+    """An overload burst of GetOffers whose callers give up at the edge deadline: once it is over, the platform
+    must answer normally again (a request cancelled in the middle of a database transaction once left the
+    gateway's SQLite write lock held, and every later call timed out)."""
+    verdict = Verdict("a burst of 400 GetOffers at 64 in parallel (edge deadline "
+                      f"{EDGE_TIMEOUT:g} s), then normal calls", True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="lodestar-faults-") as tmp, FaultStack(Path(tmp) / "stack") as stack:
+            api_key, ref, _ = stack.load_demo(scale.customers)
+            from concurrent.futures import ThreadPoolExecutor
+
+            from lodestar.gateway.v1 import partner_service_pb2, partner_service_pb2_grpc
+
+            channel = grpc.insecure_channel(stack.addresses["gateway"])
+            stub = partner_service_pb2_grpc.PartnerServiceStub(channel)
+
+            def call(_: int = 0) -> str:
+                try:
+                    stub.GetOffers(partner_service_pb2.GetOffersRequest(customer_ref=ref),
+                                   metadata=(("x-api-key", api_key),), timeout=EDGE_TIMEOUT)
+                    return "OK"
+                except grpc.RpcError as error:
+                    return _code(error)
+
+            before = Counter(call() for _ in range(5))
+            with ThreadPoolExecutor(64) as pool:
+                during = Counter(pool.map(call, range(400)))
+            recovered_after = None
+            started = time.monotonic()
+            while time.monotonic() - started < 15:
+                if all(call() == "OK" for _ in range(3)):
+                    recovered_after = time.monotonic() - started
+                    break
+                time.sleep(0.5)
+            channel.close()
+            verdict.check(set(before) == {"OK"}, f"calls before the burst: {dict(before)}")
+            verdict.check(set(during) <= {"OK", "DEADLINE_EXCEEDED", "UNAVAILABLE", "RESOURCE_EXHAUSTED"},
+                          f"codes during the burst (never UNKNOWN or INTERNAL): {dict(during)}")
+            verdict.check(recovered_after is not None and recovered_after <= 5.0,
+                          f"every call OK again {recovered_after:.1f} s after the burst (limit 5 s)"
+                          if recovered_after is not None else "every call OK again within 15 s: no")
+    except Exception as error:  # the scenario itself broke: a FAIL with the reason, never a crash
+        verdict.check(False, f"the scenario itself failed: {type(error).__name__}: {error}")
+    return [verdict]
+
+
 SCENARIOS: dict[str, Callable[[Scale], list[Verdict]]] = {
     "kill": scenario_kill, "latency": scenario_latency, "postgres": scenario_postgres,
-    "disk-full": scenario_disk_full,
+    "disk-full": scenario_disk_full, "burst": scenario_burst,
 }
 
 

@@ -3,6 +3,7 @@ validate, map proto <-> domain, call the service layer, write the audit line. No
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import types
 from datetime import datetime
@@ -97,7 +98,9 @@ class Audit:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: types.TracebackType | None) -> None:
         code, reason = "OK", ""
-        if exc is not None:
+        if isinstance(exc, asyncio.CancelledError):  # the caller gave up (deadline or cancel)
+            code, reason = "CANCELLED", "CANCELLED"
+        elif exc is not None:
             error = from_infrastructure(exc)
             code, reason = (error.code.name, error.reason) if error is not None else ("INTERNAL", "INTERNAL")
         audit_log.info(

@@ -124,6 +124,7 @@ class GatewayService:
         self.campaign = campaign
         self.admin_token = admin_token
         self.key_cache = key_cache if key_cache is not None else auth.VerifiedKeyCache()
+        self._verifying: dict[tuple[str, str], asyncio.Lock] = {}
         # Wall clock of key expiry, quotas and leads (tests move it).
         self.clock = clock
 
@@ -162,14 +163,35 @@ class GatewayService:
         """The partner behind an API key, or UNAUTHENTICATED: API_KEY_MISSING, API_KEY_MALFORMED,
         API_KEY_INVALID (unknown key id or wrong secret), API_KEY_REVOKED (right secret, revoked key)."""
         parsed = auth.parse_api_key(raw_key)
-        expired = Unauthenticated("API_KEY_EXPIRED", "the API key has expired (it was rotated)")
+        principal = self._from_cache(parsed)
+        if principal is not None:
+            return principal
+        # Single flight: a burst of first calls with one key waits for one argon2 check, then hits the cache,
+        # instead of queueing hundreds of checks in the thread pool (seconds of outage for everyone).
+        flight = (parsed.key_id, parsed.digest)
+        lock = self._verifying.get(flight)
+        if lock is None:
+            if len(self._verifying) > 10_000:  # wrong secrets are one-offs: never let this grow unbounded
+                self._verifying.clear()
+            lock = self._verifying[flight] = asyncio.Lock()
+        async with lock:
+            principal = self._from_cache(parsed)
+            if principal is not None:
+                return principal
+            return await self._verify_key(parsed)
+
+    def _from_cache(self, parsed: auth.ParsedApiKey) -> Principal | None:
         cached = self.key_cache.lookup(parsed.key_id, parsed.digest)
-        if cached is not None:
-            if cached.expire_time is not None and self.clock() >= cached.expire_time:
-                self.key_cache.evict(parsed.key_id)
-                raise expired
-            _annotate(partner_id=cached.partner_id)
-            return Principal(partner_id=cached.partner_id, key_id=parsed.key_id)
+        if cached is None:
+            return None
+        if cached.expire_time is not None and self.clock() >= cached.expire_time:
+            self.key_cache.evict(parsed.key_id)
+            raise Unauthenticated("API_KEY_EXPIRED", "the API key has expired (it was rotated)")
+        _annotate(partner_id=cached.partner_id)
+        return Principal(partner_id=cached.partner_id, key_id=parsed.key_id)
+
+    async def _verify_key(self, parsed: auth.ParsedApiKey) -> Principal:
+        expired = Unauthenticated("API_KEY_EXPIRED", "the API key has expired (it was rotated)")
         async with self.uow_factory() as uow:
             record = await uow.api_keys.get(parsed.key_id)
         invalid = Unauthenticated("API_KEY_INVALID", "the API key is not valid")

@@ -7,6 +7,7 @@ are created by the service at start-up, never at import time.
 
 from __future__ import annotations
 
+import asyncio
 import types
 from datetime import UTC, datetime
 from pathlib import Path
@@ -160,6 +161,12 @@ class UnitOfWork:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: types.TracebackType | None
     ) -> None:
+        # Shielded: a caller's deadline cancels the request's task, possibly in the middle of a statement; the
+        # rollback and the connection's return must still happen, or the open transaction keeps SQLite's write
+        # lock (every later writer then waits out busy_timeout) or a PostgreSQL connection idle in transaction.
+        await asyncio.shield(self._finish())
+
+    async def _finish(self) -> None:
         try:
             await self.session.rollback()
         finally:

@@ -9,6 +9,7 @@ and status code, and its latency recorded (`ServiceMetrics.record_rpc`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -117,10 +118,20 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             token = self._begin(method, context)
             started, outcome = time.perf_counter(), _Outcome()
+            # The handler runs in its own task, shielded: when the caller gives up (deadline, cancel) we stop
+            # waiting at once, but the handler is never interrupted in the middle of a database statement —
+            # an interrupted aiosqlite/asyncpg call can leak its connection with the transaction open (on
+            # SQLite that holds the write lock for good). It ends quickly anyway: its own calls to other
+            # services get only what remains of the caller's deadline.
+            task = asyncio.ensure_future(behavior(request, context))
             try:
-                return await behavior(request, context)
+                return await asyncio.shield(task)
             except grpc.aio.AbortError:
                 outcome.code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
+                raise
+            except asyncio.CancelledError:  # the caller's deadline passed or it cancelled: log it as such
+                outcome.code = grpc.StatusCode.CANCELLED
+                task.add_done_callback(_discard_result)
                 raise
             except Exception as exc:
                 await self._fail(exc, context, outcome)
@@ -140,6 +151,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             except grpc.aio.AbortError:
                 outcome.code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
                 raise
+            except asyncio.CancelledError:  # the caller's deadline passed or it cancelled: log it as such
+                outcome.code = grpc.StatusCode.CANCELLED
+                raise
             except Exception as exc:
                 await self._fail(exc, context, outcome)
             finally:
@@ -148,3 +162,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
         return wrapper
 
+
+def _discard_result(task: asyncio.Future[Any]) -> None:
+    """The result of a handler whose caller went away: retrieved so that it is not reported as lost."""
+    if not task.cancelled():
+        task.exception()

@@ -140,3 +140,4 @@ def test_driver_loggers_never_log_below_warning():
             assert logging.getLogger(name).getEffectiveLevel() >= logging.WARNING, name
     finally:
         root.handlers[:], root.level = saved[0], saved[1]
+
