@@ -12,7 +12,7 @@ Null semantics are SQL's three-valued logic; the evaluator implements the same (
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -253,13 +253,26 @@ class _Compiler:
         return or_(self._age_below(years), self._age_at_least(years + 1))
 
     # nodes ------------------------------------------------------------------------------------------------
-    def node(self, node: Node) -> Col:
+    def _plain_core(self, operand: Operand, values: Sequence[Literal]) -> bool:
+        """region/time_zone compared with non-empty strings: there `NULLIF(col, '') = v` is TRUE exactly when
+        `col = v` is, and only the bare column can use an index."""
+        return (isinstance(operand, CoreField) and operand.name in ("region", "time_zone")
+                and all(isinstance(v.value, str) and v.value != "" for v in values))
+
+    def _core_column(self, operand: Operand) -> Col:
+        s = self.schema
+        return s.region if operand.name == "region" else s.time_zone  # type: ignore[union-attr]
+
+    def node(self, node: Node, positive: bool = True) -> Col:
+        """`positive`: only whether the expression is TRUE matters here (the top of the WHERE, under AND/OR and
+        under an even number of NOTs), so a FALSE may stand in for a NULL. Under an odd number of NOTs the
+        exact three-valued form is kept (NOT NULL is NULL, NOT FALSE is TRUE)."""
         if isinstance(node, And):
-            return and_(*(self.node(i) for i in node.items))
+            return and_(*(self.node(i, positive) for i in node.items))
         if isinstance(node, Or):
-            return or_(*(self.node(i) for i in node.items))
+            return or_(*(self.node(i, positive) for i in node.items))
         if isinstance(node, Not):
-            return not_(self.node(node.item))
+            return not_(self.node(node.item, not positive))
         operand = node.operand
         is_age = isinstance(operand, CoreField) and operand.name == "age"
         if isinstance(node, IsNull):
@@ -269,6 +282,8 @@ class _Compiler:
             if is_age:
                 return self.age(node.op, int(node.value.value))  # type: ignore[arg-type]
             family = LITERAL_FAMILY[node.value.kind]
+            if positive and node.op == "=" and self._plain_core(operand, [node.value]):
+                return self._core_column(operand) == _bind(node.value)  # sargable: the index on region serves it
             return _compare(self.value(operand, family), node.op, _bind(node.value))
         if isinstance(node, Between):
             if is_age:
@@ -284,8 +299,10 @@ class _Compiler:
                     return and_(*(self.age("!=", y) for y in years))
                 return or_(*(self.age("=", y) for y in years))
             family = LITERAL_FAMILY[node.values[0].kind]
-            expr = self.value(operand, family)
             binds = [_bind(v) for v in node.values]
+            if positive and not node.negated and self._plain_core(operand, node.values):
+                return self._core_column(operand).in_(binds)
+            expr = self.value(operand, family)
             return expr.not_in(binds) if node.negated else expr.in_(binds)
         raise ConditionError(errors.INVALID_TREE, "not a condition node")
 
