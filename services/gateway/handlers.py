@@ -153,12 +153,7 @@ def _timestamp(partner: Partner) -> timestamp_pb2.Timestamp | None:
     return _ts(partner.create_time)
 
 
-def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
+_ts = timestamps.to_timestamp
 
 
 _KEY_STATES = {

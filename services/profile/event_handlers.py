@@ -30,10 +30,7 @@ def to_datetime(ts: timestamp_pb2.Timestamp, field: str = "as_of") -> datetime:
     return timestamps.to_datetime(ts, field)
 
 
-def to_timestamp(value: datetime) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
+to_timestamp = timestamps.to_timestamp
 
 
 def _enum_name(enum: Any, value: int, prefix: str) -> str | None:

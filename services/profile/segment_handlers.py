@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 
 import grpc
-from google.protobuf import timestamp_pb2
 
 from lodestar.profile.v1 import segment_service_pb2 as pb
 from lodestar.profile.v1 import segment_service_pb2_grpc as pbg
@@ -36,12 +35,7 @@ _TYPES = {"string": pb.AUDIENCE_VALUE_TYPE_STRING, "number": pb.AUDIENCE_VALUE_T
           "bool": pb.AUDIENCE_VALUE_TYPE_BOOL, "date": pb.AUDIENCE_VALUE_TYPE_DATE}
 
 
-def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
+_ts = timestamps.to_timestamp
 
 
 def _as_of(message: pb.PreviewSegmentRequest | pb.CreateSegmentRequest | pb.RefreshSegmentRequest

@@ -29,7 +29,7 @@ from lodestar.risk.v1 import (
     risk_service_pb2_grpc,
     screening_pb2,
 )
-from services.platform import pagination
+from services.platform import pagination, timestamps
 from services.platform.db import utcnow
 from services.platform.errors import InvalidArgument
 from services.platform.idempotency import key_for
@@ -145,11 +145,10 @@ def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
 
 
 def _from_timestamp(value: timestamp_pb2.Timestamp, field: str, violations: Violations) -> datetime | None:
-    try:
-        return value.ToDatetime(tzinfo=UTC)
-    except (ValueError, OverflowError):
+    if not timestamps.is_valid(value):
         violations.add(field, "must be a valid timestamp")
         return None
+    return value.ToDatetime(tzinfo=UTC)
 
 
 def _mark_customer(customer_id: str) -> None:
