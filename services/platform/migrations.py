@@ -25,7 +25,8 @@ def alembic_config(url: str, script_location: str | Path) -> Config:
     return config
 
 
-def upgrade(url: str, script_location: str | Path, revision: str = "head") -> None:
+def upgrade(url: str, script_location: str | Path, revision: str = "heads") -> None:
+    # "heads", not "head": while parallel branches await their merge revision every head is applied.
     command.upgrade(alembic_config(url, script_location), revision)
 
 
