@@ -62,6 +62,52 @@ def service_addresses(env: Mapping[str, str] | None = None) -> dict[str, str]:
     }
 
 
+TLS_ENV = ("LODESTAR_TLS_CA_FILE", "LODESTAR_TLS_CERT_FILE", "LODESTAR_TLS_KEY_FILE", "LODESTAR_TLS_SERVER_NAME")
+
+
+def channel_credentials(env: Mapping[str, str] | None = None) -> tuple[grpc.ChannelCredentials | None, list[Any]]:
+    """TLS for the CLI's channels from LODESTAR_TLS_*: None (plain) when no CA file is set.
+
+    LODESTAR_TLS_CA_FILE verifies the server; LODESTAR_TLS_CERT_FILE + LODESTAR_TLS_KEY_FILE present a client
+    certificate (mTLS); LODESTAR_TLS_SERVER_NAME overrides the name checked against the server's certificate
+    (reaching a service by IP or through a port-forward). Misconfiguration is a CliError naming the variable.
+    """
+    env = os.environ if env is None else env
+    ca, cert, key, server_name = (env.get(name, "").strip() for name in TLS_ENV)
+    if not ca:
+        if cert or key or server_name:
+            raise CliError("INVALID_ARGUMENT", "TLS_CA_MISSING",
+                           "LODESTAR_TLS_CERT_FILE/KEY_FILE/SERVER_NAME need LODESTAR_TLS_CA_FILE")
+        return None, []
+    if bool(cert) != bool(key):
+        raise CliError("INVALID_ARGUMENT", "TLS_CLIENT_PAIR_INCOMPLETE",
+                       "LODESTAR_TLS_CERT_FILE and LODESTAR_TLS_KEY_FILE must be set together")
+
+    def read(name: str, path: str) -> bytes:
+        try:
+            return Path(path).read_bytes()
+        except OSError as error:
+            raise CliError("INVALID_ARGUMENT", "TLS_FILE_UNREADABLE",
+                           f"{name}={path}: {error.strerror or error}") from error
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read("LODESTAR_TLS_CA_FILE", ca),
+        private_key=read("LODESTAR_TLS_KEY_FILE", key) if key else None,
+        certificate_chain=read("LODESTAR_TLS_CERT_FILE", cert) if cert else None,
+    )
+    options: list[Any] = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+    return credentials, options
+
+
+def open_channel(address: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+    """A blocking channel to `address`: TLS when LODESTAR_TLS_CA_FILE is set, plain otherwise."""
+    credentials, tls_options = channel_credentials()
+    merged = [*options, *tls_options]
+    if credentials is None:
+        return grpc.insecure_channel(address, options=merged)
+    return grpc.secure_channel(address, credentials, options=merged)
+
+
 def _env_port(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
     if not raw:
@@ -177,8 +223,8 @@ class Context:
         self.out.write((json.dumps(data, ensure_ascii=False) if self.as_json else text) + "\n")
         self.out.flush()
 
-    def channel(self, service: str) -> grpc.Channel:
-        return grpc.insecure_channel(self.addresses[service])
+    def channel(self, service: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+        return open_channel(self.addresses[service], options)
 
 
 def cmd_health(ctx: Context) -> int:

@@ -377,3 +377,53 @@ async def test_cli_cert_set(start: Any, fake_campaign: tuple[FakeCampaign, str],
     assert code == 0 and body == {"client_certificate": None}
     async with running.runtime.database.sessionmaker() as session:
         assert list(await session.scalars(select(PartnerClientCertRow))) == []
+
+
+# --- CLI over TLS: LODESTAR_TLS_* -----------------------------------------------------------------------------------
+
+
+async def test_cli_reaches_an_mtls_gateway_with_lodestar_tls_settings(
+    mtls_gateway: RunningService, pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEWAY_SERVICE_ADDR", mtls_gateway.address)
+    monkeypatch.setenv("GATEWAY_ADMIN_TOKEN", "t0k")
+    # Without TLS settings the CLI speaks plaintext to a TLS port: the connection fails, nothing is created.
+    code, body = await cli("partners", "create", "acme", "--display-name", "Acme")
+    assert code == 1 and body["error"]["code"] == "UNAVAILABLE"
+
+    (tmp_path / "op.pem").write_bytes(pki.operator.cert_pem)
+    (tmp_path / "op.key").write_bytes(pki.operator.key_pem)
+    monkeypatch.setenv("LODESTAR_TLS_CA_FILE", pki.env["TLS_CLIENT_CA_FILE"])
+    monkeypatch.setenv("LODESTAR_TLS_SERVER_NAME", "localhost")
+    # The server requires a client certificate: CA alone is refused by the handshake.
+    code, body = await cli("partners", "create", "acme", "--display-name", "Acme")
+    assert code == 1 and body["error"]["code"] == "UNAVAILABLE"
+
+    monkeypatch.setenv("LODESTAR_TLS_CERT_FILE", str(tmp_path / "op.pem"))
+    monkeypatch.setenv("LODESTAR_TLS_KEY_FILE", str(tmp_path / "op.key"))
+    code, body = await cli("partners", "create", "acme", "--display-name", "Acme")
+    assert code == 0, body
+    code, body = await cli("partners", "list")
+    assert code == 0 and [p["partner_id"] for p in body["partners"]] == ["acme"]
+
+
+@pytest.mark.parametrize(("env", "reason", "names"), [
+    ({"LODESTAR_TLS_CERT_FILE": "x.pem"}, "TLS_CA_MISSING", "need LODESTAR_TLS_CA_FILE"),
+    ({"LODESTAR_TLS_CA_FILE": "CA", "LODESTAR_TLS_CERT_FILE": "x.pem"}, "TLS_CLIENT_PAIR_INCOMPLETE",
+     "LODESTAR_TLS_CERT_FILE and LODESTAR_TLS_KEY_FILE must be set together"),
+    ({"LODESTAR_TLS_CA_FILE": "/nonexistent/ca.pem"}, "TLS_FILE_UNREADABLE", "LODESTAR_TLS_CA_FILE=/nonexistent"),
+])
+async def test_cli_tls_misconfiguration_is_a_clear_error(
+    pki: Pki, env: dict[str, str], reason: str, names: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("LODESTAR_TLS_CA_FILE", "LODESTAR_TLS_CERT_FILE", "LODESTAR_TLS_KEY_FILE",
+                 "LODESTAR_TLS_SERVER_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, pki.env["TLS_CLIENT_CA_FILE"] if value == "CA" else value)
+    monkeypatch.setenv("GATEWAY_SERVICE_ADDR", "127.0.0.1:1")
+    monkeypatch.setenv("GATEWAY_ADMIN_TOKEN", "t0k")
+    code, body = await cli("partners", "list")
+    assert code == 1 and body["error"] == {"code": "INVALID_ARGUMENT", "reason": reason,
+                                           "message": body["error"]["message"]}
+    assert names in body["error"]["message"]
