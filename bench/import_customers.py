@@ -2,14 +2,18 @@
 
 N synthetic customers x 20 attributes (N = 100,000 at --scale small, 1,000,000 at full) are written to a CSV; the
 profile service runs as its own process on a fresh SQLite database; the CLI command imports the file with a schema
-(timed from the command's start to its end: reading, converting, streaming, validating, upserting). The same-run
-baseline is a raw sqlite3 `executemany` of the same rows (already in their stored form) into a fresh database
-with the same `customers` table. Then, when ../shared/data/bank_marketing/bank-full.csv is present, it is imported
-as it is (`;`, quoted values, no id column, the inferred registry): 45,211 imported and 0 failed are asserted.
+(timed from the command's start to its end: reading, converting, streaming, validating, encrypting, upserting).
+Two files (--pii both, the default): "no PII", 20 plain attributes; "2 PII", 18 of them plus a national id and a
+mobile number flagged PII, so encrypted at rest (a data key per customer, AES-GCM per value; docs/pii.md). The
+same-run baseline is a raw sqlite3 `executemany` of the same rows in their stored form (for "2 PII": the
+ciphertexts in customers.pii, and one wrapped data key per customer in customer_keys) into a fresh database with
+the same tables. Then, when ../shared/data/bank_marketing/bank-full.csv is present, it is imported as it is (`;`,
+quoted values, no id column, the inferred registry): 45,211 imported and 0 failed are asserted.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -38,11 +42,21 @@ INTS = ["age", "tenure_months", "products_held", "txn_count_90d", "logins_30d", 
 DECIMALS = ["balance", "income", "spend_90d", "loan_outstanding", "card_limit"]
 BOOLS = ["has_mortgage", "has_credit_card", "is_vip"]
 DATES = ["opened_on", "last_contact"]
+# The "2 PII" file: these two integer columns make way for two PII strings, so that both files have 20 attributes.
+PII = ["mobile", "national_id"]
+REPLACED_BY_PII = ["logins_30d", "txn_count_90d"]
+DEV_KEYS = "bench1:" + base64.b64encode(b"lodestar-bench-import-master-key").decode()  # 32 bytes: AES-256
 
 
-def schema() -> dict[str, Any]:
+def ints(pii: bool) -> list[str]:
+    return [n for n in INTS if not (pii and n in REPLACED_BY_PII)]
+
+
+def schema(pii: bool = False) -> dict[str, Any]:
     columns: list[dict[str, Any]] = [{"column": "customer_id", "name": "customer_id", "core": True}]
-    columns += [{"column": n, "name": n, "type": "integer", "pii": False} for n in INTS]
+    columns += [{"column": n, "name": n, "type": "integer", "pii": False} for n in ints(pii)]
+    if pii:
+        columns += [{"column": n, "name": n, "type": "string", "pii": True} for n in PII]
     columns += [{"column": n, "name": n, "type": "decimal", "pii": False} for n in DECIMALS]
     columns += [{"column": n, "name": n, "type": "boolean", "pii": False} for n in BOOLS]
     columns += [{"column": n, "name": n, "type": "date", "pii": False} for n in DATES]
@@ -50,14 +64,17 @@ def schema() -> dict[str, Any]:
     return {"version": 1, "id_column": "customer_id", "columns": columns}
 
 
-def write_csv(path: Path, n: int) -> None:
+def write_csv(path: Path, n: int, pii: bool = False) -> None:
     import numpy as np
     import pandas as pd
 
     rng = np.random.default_rng(7)
     data: dict[str, Any] = {"customer_id": [f"c{i:08d}" for i in range(n)]}
-    for name in INTS:
+    for name in ints(pii):
         data[name] = rng.integers(0, 900, n)
+    if pii:
+        data["mobile"] = [f"+86138{d:08d}" for d in rng.integers(0, 10**8, n)]
+        data["national_id"] = [f"1101011990{d:08d}" for d in rng.integers(0, 10**8, n)]
     for name in DECIMALS:
         data[name] = np.round(rng.random(n) * 100000, 2)
     for name in BOOLS:
@@ -71,39 +88,60 @@ def write_csv(path: Path, n: int) -> None:
     pd.DataFrame(data).to_csv(path, index=False)
 
 
-def stored_rows(path: Path) -> list[tuple[Any, ...]]:
-    """The CSV's rows in the exact stored form of the customers table (attributes as JSON text)."""
+def _token(rng: Any, plaintext_bytes: int) -> str:
+    """A stand-in of the stored ciphertext token of a value: same shape and length (id, nonce, ciphertext, tag)."""
+    return rng.bytes(4).hex() + "." + base64.b64encode(rng.bytes(12 + plaintext_bytes + 16)).decode()
+
+
+def stored_rows(path: Path, pii: bool = False) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The CSV's rows in the exact stored form of the customers table (attributes as JSON text; with PII, the
+    encrypted values as JSON text of tokens of the real length) and of customer_keys (one wrapped key each)."""
+    import numpy as np
     import pandas as pd
 
-    kinds = {**{n: "int" for n in INTS}, **{n: "decimal" for n in DECIMALS}, **{n: "bool" for n in BOOLS},
+    kinds = {**{n: "int" for n in ints(pii)}, **{n: "decimal" for n in DECIMALS}, **{n: "bool" for n in BOOLS},
              **{n: "date" for n in DATES}, **{n: "string" for n in ENUMS}}
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     names = sorted(kinds)
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-    out = []
+    out, keys = [], []
     columns = [frame[n].tolist() for n in names]
+    secrets = [frame[n].tolist() for n in PII] if pii else []
+    rng = np.random.default_rng(11)
     for i, cid in enumerate(frame["customer_id"].tolist()):
         attributes = {}
         for name, cells in zip(names, columns, strict=True):
             kind, cell = kinds[name], cells[i]
             value: Any = int(cell) if kind == "int" else (cell == "true" if kind == "bool" else cell)
             attributes[name] = {"t": kind, "v": value}
-        out.append((cid, "", "", "", None, "", "", json.dumps(attributes), 1, now, now))
-    return out
+        row: tuple[Any, ...] = (cid, "", "", "", None, "", "", json.dumps(attributes), 1, now, now)
+        if pii:
+            encrypted = {name: _token(rng, len(json.dumps({"t": "string", "v": cells[i]})))
+                         for name, cells in zip(PII, secrets, strict=True)}
+            row += (json.dumps(encrypted),)
+            keys.append((cid, rng.bytes(4).hex(), "bench1", rng.bytes(12 + 32 + 16), now, now))
+        out.append(row)
+    return out, keys
 
 
-def raw_executemany(db: Path, rows: list[tuple[Any, ...]]) -> float:
-    """Seconds for one executemany of `rows` into a fresh customers table (same DDL as migrations, same PRAGMAs)."""
+def raw_executemany(db: Path, rows: list[tuple[Any, ...]], keys: list[tuple[Any, ...]]) -> float:
+    """Seconds for one executemany of `rows` into a fresh customers table and, with PII, one of `keys` into
+    customer_keys (same DDL as migrations, same PRAGMAs)."""
     from services.platform.migrations import upgrade
 
     upgrade(f"sqlite:///{db}", ROOT / "services" / "profile" / "migrations")
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
+    pii = ", pii" if keys else ""
     started = time.perf_counter()
     conn.executemany(
         "INSERT INTO customers (customer_id, full_name, email, phone, birth_date, region, time_zone, attributes,"
-        " version, create_time, update_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        f" version, create_time, update_time{pii}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?{', ?' if keys else ''})",
+        rows)
+    if keys:
+        conn.executemany("INSERT INTO customer_keys (customer_id, key_id, master_key_id, wrapped_key, create_time,"
+                         " update_time) VALUES (?, ?, ?, ?, ?, ?)", keys)
     conn.commit()
     elapsed = time.perf_counter() - started
     conn.close()
@@ -117,7 +155,7 @@ class Service:
         port_file = work / f"{name}.port"
         env = {**os.environ, "GRPC_PORT": "0", "PORT_FILE": str(port_file), "LOG_LEVEL": "WARNING",
                "DATABASE_URL": f"sqlite+aiosqlite:///{work / (name + '.db')}", "OTEL_TRACES_EXPORTER": "none",
-               "DRAIN_SECONDS": "0"}
+               "DRAIN_SECONDS": "0", "PROFILE_PII_KEYS": DEV_KEYS}
         self.process = subprocess.Popen(  # nosec B603 - our own module, no shell
             [sys.executable, "-m", "services.profile"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
             stderr=(work / f"{name}.log").open("w"))
@@ -153,47 +191,61 @@ def cli_import(address: str, argv: list[str]) -> tuple[dict[str, Any], float]:
     return result, elapsed
 
 
+def measure(work: Path, n: int, pii: bool, repeats: int, batch_size: int) -> dict[str, Any]:
+    """One file: the import end to end (median of `repeats` fresh services) and the raw executemany baseline."""
+    label = "pii" if pii else "plain"
+    csv_path = work / f"customers-{label}.csv"
+    schema_path = work / f"schema-{label}.json"
+    write_csv(csv_path, n, pii)
+    schema_path.write_text(json.dumps(schema(pii)))
+    import_seconds, raw_seconds = [], []
+    for r in range(repeats):
+        service = Service(work, f"import-{label}-{r}")
+        try:
+            result, elapsed = cli_import(service.address, [str(csv_path), "--schema", str(schema_path),
+                                                           "--batch-size", str(batch_size)])
+        finally:
+            service.stop()
+        if (result["imported"], result["failed"]) != (n, 0):
+            raise RuntimeError(f"expected {n} imported, 0 failed; got {result}")
+        import_seconds.append(elapsed)
+    rows, keys = stored_rows(csv_path, pii)
+    for r in range(repeats):
+        raw_seconds.append(raw_executemany(work / f"raw-{label}-{r}.db", rows, keys))
+    del rows, keys
+    csv_path.unlink()
+    return {"import_s": median(import_seconds), "raw_s": median(raw_seconds),
+            "import_rate": n / median(import_seconds), "raw_rate": n / median(raw_seconds)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = scale_parser(__doc__.splitlines()[0] if __doc__ else "import benchmark")
     parser.add_argument("--repeats", type=int, default=None, help="runs of each measurement (default 3 small, 1 full)")
-    parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument("--batch-size", type=int, default=10_000)
+    parser.add_argument("--pii", choices=["both", "with", "without"], default="both",
+                        help="which file: 2 of the 20 attributes PII (encrypted), none, or both (default)")
     args = parser.parse_args(argv)
     n = SIZES[args.scale]
     repeats = args.repeats or (3 if args.scale == "small" else 1)
     work = Path(tempfile.mkdtemp(prefix="lodestar-bench-import-"))
     lines: list[str] = []
     try:
-        csv_path = work / "customers.csv"
-        schema_path = work / "schema.json"
-        write_csv(csv_path, n)
-        schema_path.write_text(json.dumps(schema()))
-        import_seconds, raw_seconds = [], []
-        for r in range(repeats):
-            service = Service(work, f"import-{r}")
-            try:
-                result, elapsed = cli_import(service.address, [str(csv_path), "--schema", str(schema_path),
-                                                               "--batch-size", str(args.batch_size)])
-            finally:
-                service.stop()
-            if (result["imported"], result["failed"]) != (n, 0):
-                raise RuntimeError(f"expected {n} imported, 0 failed; got {result}")
-            import_seconds.append(elapsed)
-        rows = stored_rows(csv_path)
-        for r in range(repeats):
-            raw_seconds.append(raw_executemany(work / f"raw-{r}.db", rows))
-        del rows
-        import_rate, raw_rate = n / median(import_seconds), n / median(raw_seconds)
-        print(f"import end to end: {n:,} rows x 20 attributes in {median(import_seconds):.2f} s "
-              f"(median of {repeats}) = {import_rate:,.0f} rows/s")
-        print(f"raw executemany:   {median(raw_seconds):.2f} s = {raw_rate:,.0f} rows/s")
-        print(f"ratio import/raw:  {ratio(import_rate, raw_rate):.3f}  (targets: >= 50,000 rows/s, >= 0.5)")
-        lines += markdown_table(
-            ("measurement", "rows", "median s", "rows/s"),
-            [("import CSV -> CLI -> ImportCustomers -> SQLite", n, median(import_seconds), import_rate),
-             ("raw sqlite3 executemany of the same stored rows", n, median(raw_seconds), raw_rate)],
-        )
-        lines += ["", f"- ratio import/raw: {ratio(import_rate, raw_rate):.3f} (target >= 0.5); "
-                  f"target >= 50,000 rows/s at full scale: {'met' if import_rate >= 50_000 else 'NOT met'}"]
+        variants = {"both": [False, True], "with": [True], "without": [False]}[args.pii]
+        table = []
+        for pii in variants:
+            figures = measure(work, n, pii, repeats, args.batch_size)
+            name = "2 PII (encrypted)" if pii else "no PII"
+            rate, raw_rate = figures["import_rate"], figures["raw_rate"]
+            print(f"[{name}] import end to end: {n:,} rows x 20 attributes in {figures['import_s']:.2f} s "
+                  f"(median of {repeats}) = {rate:,.0f} rows/s")
+            print(f"[{name}] raw executemany:   {figures['raw_s']:.2f} s = {raw_rate:,.0f} rows/s")
+            print(f"[{name}] ratio import/raw:  {ratio(rate, raw_rate):.3f}  (targets: >= 50,000 rows/s, >= 0.5)")
+            table += [(f"import CSV -> CLI -> ImportCustomers -> SQLite, {name}", n, figures["import_s"], rate),
+                      (f"raw sqlite3 executemany of the same stored rows, {name}", n, figures["raw_s"], raw_rate)]
+            lines.append(f"- {name}: ratio import/raw {ratio(rate, raw_rate):.3f} (target >= 0.5); {rate:,.0f} rows/s "
+                         f"(target >= 50,000 at full scale: {'met' if rate >= 50_000 else 'NOT met'}"
+                         f"{'' if args.scale == 'full' else ', this is small scale'})")
+        lines[:0] = [*markdown_table(("measurement", "rows", "median s", "rows/s"), table), ""]
         if BANK_FULL.exists():
             service = Service(work, "bank")
             try:

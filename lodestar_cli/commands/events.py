@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from lodestar.profile.v1 import event_service_pb2 as pb
 from lodestar.profile.v1 import event_service_pb2_grpc as pbg
+from lodestar_cli.commands import group
 from lodestar_cli.main import CliError, Context, table
 
 MAX_REPORTED_ERRORS = 100
@@ -237,8 +238,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     get.add_argument("--as-of", default="", help="ISO 8601 time (default now); without an offset it is UTC")
     get.set_defaults(handler=cmd_features_get)
 
-    tags = commands.add_parser("tags", parents=[common], help="computed customer tags")
-    tags_sub = tags.add_subparsers(dest="tags_command", required=True, metavar="COMMAND")
+    tags_sub = group(commands, common, "tags", "customer tags: built-in, rule and external")
     tags_get = tags_sub.add_parser("get", parents=[common], help="the stored tags of one customer")
     tags_get.add_argument("customer_id")
     tags_get.add_argument("--compute", action="store_true", help="compute them now first")

@@ -14,13 +14,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from opentelemetry import trace
+from sqlalchemy import select
 
 from services.platform.db import utcnow
 from services.platform.errors import InvalidArgument, NotFound
 from services.platform.idempotency import Codec, IdempotencyKey, run_idempotent
 from services.platform.masking import customer_token
 from services.platform.telemetry import ATTR_CUSTOMER_TOKEN
-from services.profile.db import CustomerRow
+from services.profile.db import CustomerRow, CustomerTagValueRow
 from services.profile.db import IdempotencyKey as IdempotencyKeyRow
 from services.profile.events_db import CustomerTagRow, EventsUnitOfWork
 from services.profile.features import (
@@ -163,7 +164,12 @@ class EventsService:
         trace.get_current_span().set_attribute(ATTR_CUSTOMER_TOKEN, customer_token(customer_id))
         async with self.uow_factory() as uow:
             rows = await uow.tags.of(customer_id)
-            return [StoredTag(r.name, r.value, r.source, r.rule_version, r.as_of, r.computed_at) for r in rows]
+            # Rule tags (the tag job) and external tags (SetCustomerTags) live beside the built-in ones.
+            others = (await uow.session.scalars(
+                select(CustomerTagValueRow).where(CustomerTagValueRow.customer_id == customer_id)
+                .order_by(CustomerTagValueRow.name))).all()
+            return [StoredTag(r.name, r.value, r.source, r.rule_version, r.as_of, r.computed_at) for r in rows] + [
+                StoredTag(r.name, r.value, f"{r.kind}:{r.source}", "", r.update_time, r.update_time) for r in others]
 
 
 def _tag_row(customer_id: str, tag: TagValue, as_of: datetime, computed_at: datetime) -> CustomerTagRow:

@@ -15,8 +15,10 @@ of each customer is assembled from per-column fragments, and the upsert goes thr
 
 from __future__ import annotations
 
+import binascii
 import json
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,6 +30,7 @@ import sqlalchemy.exc
 from services.platform.db import utcnow
 from services.profile.db import CUSTOMER_COLUMNS, ProfileUnitOfWork
 from services.profile.domain import Attribute, AttributeKind, BatchResult, Customer, ImportStatus, RowError
+from services.profile.pii import NONCE_BYTES, plaintext
 from services.profile.registry import Registry, screen_column
 
 log = logging.getLogger("lodestar.profile.import")
@@ -98,8 +101,8 @@ class ImportTotals:
         self.errors.extend(result.errors[:max(room, 0)])
 
 
-def _stored_attributes(customer: Customer) -> dict[str, Any]:
-    return {k: {"t": a.kind, "v": a.value} for k, a in sorted(customer.attributes.items())}
+def _stored_attributes(customer: Customer, pii: frozenset[str] = frozenset()) -> dict[str, Any]:
+    return {k: {"t": a.kind, "v": a.value} for k, a in sorted(customer.attributes.items()) if k not in pii}
 
 
 def _fragment_prefix(name: str, kind: str) -> str:
@@ -150,6 +153,9 @@ class PreparedBatch:
     imported: int
     errors: list[RowError]
     row_count: int
+    # The PII attributes of the batch as columns (name, plaintext JSON {"t", "v"} per customer as customer_ids,
+    # "" where absent), to be encrypted under each customer's data key before the write; None when there are none.
+    pii_columns: list[tuple[str, list[str]]] | None = None
 
 
 def prepare_columns(batch: ColumnBatchIn, registry: Registry) -> PreparedBatch:
@@ -161,6 +167,8 @@ def prepare_columns(batch: ColumnBatchIn, registry: Registry) -> PreparedBatch:
     tier1: dict[int, list[RowError]] = {i: list(e) for i, e in batch.core_errors.items()}
     tier2: dict[int, list[RowError]] = {}
     columns: list[list[str]] = []
+    pii_names = registry.pii_names
+    pii_columns: list[tuple[str, int, list[str]]] = []
     for column in sorted(batch.attributes, key=lambda c: c.name):
         stored, suspects = screen_column(registry, column.name, column.kind, column.values)
         skip = set(column.missing) | set(column.exceptions)
@@ -184,7 +192,11 @@ def prepare_columns(batch: ColumnBatchIn, registry: Registry) -> PreparedBatch:
                 continue
             final = checked[column.name]
             fragments[i] = _fragment_prefix(column.name, final.kind) + json.dumps(final.value) + "}"
-        columns.append(fragments)
+        if column.name in pii_names:
+            # Never in the attributes JSON: the fragment minus its `, "name": ` is the value's plaintext.
+            pii_columns.append((column.name, len(encode_basestring_ascii(column.name)) + 4, fragments))
+        else:
+            columns.append(fragments)
     errors: list[RowError] = []
     failed: set[int] = set()
     for i in sorted(set(id_errors) | set(tier1) | set(tier2)):
@@ -202,7 +214,10 @@ def prepare_columns(batch: ColumnBatchIn, registry: Registry) -> PreparedBatch:
         attributes_json = ["{}"] * len(keep)
     all_rows = len(keep) == n
     core = {name: (values if all_rows else [values[i] for i in keep]) for name, values in batch.core.items()}
-    return PreparedBatch(ids if all_rows else [ids[i] for i in keep], core, attributes_json, len(good), errors, n)
+    secret = [(name, [c[cut:] for c in (cells if all_rows else [cells[i] for i in keep])])
+              for name, cut, cells in pii_columns] if pii_columns else None
+    return PreparedBatch(ids if all_rows else [ids[i] for i in keep], core, attributes_json, len(good), errors, n,
+                         secret)
 
 
 def prepare_rows(rows: list[ImportRowIn], registry: Registry) -> PreparedBatch:
@@ -225,8 +240,51 @@ def prepare_rows(rows: list[ImportRowIn], registry: Registry) -> PreparedBatch:
         good[customer.customer_id] = customer
     customers = list(good.values())
     core: dict[str, list[Any]] = {name: [getattr(c, name) for c in customers] for name in CUSTOMER_COLUMNS}
+    pii = registry.pii_names
+    present = sorted({k for c in customers for k in c.attributes if k in pii})
+    secret = [(k, [plaintext(c.attributes[k].kind, c.attributes[k].value) if k in c.attributes else ""
+                   for c in customers]) for k in present] if present else None
     return PreparedBatch([c.customer_id for c in customers], core,
-                         [json.dumps(_stored_attributes(c)) for c in customers], imported, errors, len(rows))
+                         [json.dumps(_stored_attributes(c, pii)) for c in customers], imported, errors, len(rows),
+                         secret)
+
+
+async def _encrypt_pii(uow: ProfileUnitOfWork, prepared: PreparedBatch) -> list[str | None] | None:
+    """Each customer's PII values encrypted under its data key (created when new), as JSON text {name: token}
+    (None for a customer without any): pii.PiiCipher.seal_many's tokens, built a column at a time."""
+    columns = prepared.pii_columns
+    if not columns:
+        return None
+    ids = prepared.customer_ids
+    n = len(ids)
+    has = list(map(any, zip(*(cells for _, cells in columns), strict=True)))  # a customer with some PII value
+    owners = [cid for cid, flag in zip(ids, has, strict=True) if flag]
+    if not owners:
+        return None
+    keys = await uow.imports.keys.ensure(owners, fresh_first=True)
+    aeads = [keys[cid].aead.encrypt if flag else None for cid, flag in zip(ids, has, strict=True)]
+    heads = [keys[cid].key_id + "." if flag else "" for cid, flag in zip(ids, has, strict=True)]
+    aad_heads = [cid.encode() + b"\0" for cid in ids]
+    b64 = binascii.b2a_base64
+    fragments: list[list[str]] = []
+    for name, cells in columns:
+        filled = sum(1 for c in cells if c)
+        nonces = os.urandom(NONCE_BYTES * filled)
+        tail = name.encode()
+        # Tokens are "<hex id>.<base64>" and names are lower_snake_case: no JSON escaping is ever needed.
+        prefix = f', "{name}": "'
+        out = [""] * n
+        k = 0
+        for i, text in enumerate(cells):
+            if not text:
+                continue
+            nonce = nonces[k:k + NONCE_BYTES]
+            k += NONCE_BYTES
+            sealed = aeads[i](nonce, text.encode(), aad_heads[i] + tail)  # type: ignore[misc]
+            out[i] = prefix + heads[i] + b64(nonce + sealed, newline=False).decode() + '"'
+        fragments.append(out)
+    joined = list(map("".join, zip(*fragments, strict=True)))
+    return ["{" + text[2:] + "}" if text else None for text in joined]
 
 
 class Importer:
@@ -267,9 +325,12 @@ class Importer:
                         return done
                     if prepared is None:
                         prepared = prepare()
+                    await uow.imports.relax_durability()
                     now: datetime = utcnow()
+                    pii_json = await _encrypt_pii(uow, prepared)
                     await uow.imports.upsert_customers(
-                        prepared.customer_ids, prepared.core, prepared.attributes_json, now, core_fields)
+                        prepared.customer_ids, prepared.core, prepared.attributes_json, now, core_fields, pii_json,
+                        tuple(name for name, _ in prepared.pii_columns or ()))
                     failed = len({e.row_number for e in prepared.errors})
                     result = BatchResult(batch_number, prepared.imported, failed, prepared.errors)
                     await uow.imports.record_batch(import_id, result, prepared.row_count)

@@ -206,6 +206,11 @@ class Registry:
     def strict(self) -> bool:
         return bool(self.specs)
 
+    @property
+    def pii_names(self) -> frozenset[str]:
+        """The attributes flagged PII: their values are encrypted at rest (services/profile/pii.py)."""
+        return frozenset(name for name, spec in self.specs.items() if spec.pii)
+
     def check(self, attributes: Mapping[str, Attribute]) -> tuple[dict[str, Attribute], list[Violation]]:
         """The attributes normalised (an integer given for a decimal becomes a decimal) and every violation."""
         if not self.specs:
@@ -329,12 +334,50 @@ def screen_column(
     if kind == "decimal":
         return stored, _decimal_suspects(values, low, high)
     # date
+    screened = _date_suspects(values, low, high)
+    if screened is not None:
+        return stored, screened
 
     def good_date(text: Any) -> bool:
         day = _iso_date(text)
         return day is not None and (low is None or day >= low) and (high is None or day <= high)
 
     return stored, _distinct_suspects(values, good_date)
+
+
+_DATE_DIGITS = [0, 1, 2, 3, 5, 6, 8, 9]
+
+
+def _date_suspects(values: Sequence[Any], low: date | None, high: date | None) -> list[int] | None:
+    """Indexes of the date cells outside [low, high], with numpy, when every cell is a plain YYYY-MM-DD that numpy
+    parses (numpy reads exactly what date.fromisoformat reads for that shape); None otherwise: the caller then
+    checks each distinct value the exact way."""
+    if not values:
+        return []
+    lengths = set(map(len, values))
+    if lengths != {10}:
+        return None
+    try:
+        raw = np.array(values, dtype="S11")  # one byte more: an 11th character shows, and fails the shape
+    except (UnicodeEncodeError, TypeError, ValueError):
+        return None  # not ASCII: not a plain date
+    grid = np.frombuffer(raw.tobytes(), dtype=np.uint8).reshape(len(values), 11)
+    digits = (grid[:, _DATE_DIGITS] >= ord("0")) & (grid[:, _DATE_DIGITS] <= ord("9"))
+    if not (digits.all() and (grid[:, 4] == ord("-")).all() and (grid[:, 7] == ord("-")).all()
+            and (grid[:, 10] == 0).all()):
+        return None
+    try:
+        days = raw.astype("U10").astype("datetime64[D]")
+    except ValueError:
+        return None  # a day that does not exist (2023-02-29): the exact check says which
+    if (days < np.datetime64("0001-01-01", "D")).any():
+        return None  # year 0: numpy reads it, date.fromisoformat does not
+    outside = np.isnat(days)
+    if low is not None:
+        outside |= days < np.datetime64(low, "D")
+    if high is not None:
+        outside |= days > np.datetime64(high, "D")
+    return np.flatnonzero(outside).tolist()  # type: ignore[no-any-return]
 
 
 # -- text cells (CSV / Parquet) -> typed values ---------------------------------------------------------------

@@ -9,10 +9,10 @@ import json
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Float, String, case, cast, func, literal
+from sqlalchemy import ColumnElement, Float, String, case, cast, func, literal, select
 
 from lodestar.profile.v1 import condition_pb2
 from services.platform import pagination
@@ -33,11 +33,13 @@ from services.profile.conditions import (
     to_invalid_argument,
     to_text,
 )
-from services.profile.db import CustomerRow
+from services.profile.db import CustomerFeatureRow, CustomerRow, CustomerTagValueRow
 from services.profile.db import IdempotencyKey as IdempotencyKeyRow
 from services.profile.domain import AttributeSpec
 from services.profile.events_db import CustomerTagRow, EventRow
+from services.profile.feature_store import FEATURE_NAMES
 from services.profile.segments_db import SegmentRow, SegmentsUnitOfWork
+from services.profile.tags import AGE_BANDS, BUILTIN_TAGS, UNKNOWN
 
 # Condition event names -> the kinds events_db stores; both the short and the stored names are accepted.
 EVENT_TYPES = {
@@ -52,9 +54,13 @@ _KIND_FIELDS = {"transaction": {"amount"}, "digital_activity": set(), "repayment
 CATALOG_EVENTS = {name: _KIND_FIELDS[kind] for name, kind in EVENT_TYPES.items()}
 EVENT_FIELDS = {"amount": "amount", "days_late": "days_late"}
 
+# Tags: built-in ones in customer_tags, rule and external ones in customer_tag_values (docs/tags.md; a name is
+# of one kind only, so each tag reads one table by its primary key); features: the feature store.
 SCHEMA = SqlSchema.from_tables(
     CustomerRow.__table__,  # type: ignore[arg-type]
-    tags=CustomerTagRow.__table__,  # type: ignore[arg-type]
+    tags=CustomerTagValueRow.__table__,  # type: ignore[arg-type]
+    named_tags=dict.fromkeys(BUILTIN_TAGS, CustomerTagRow.__table__),  # type: ignore[arg-type]
+    features=CustomerFeatureRow.__table__,  # type: ignore[arg-type]
     events=EventRow.__table__,  # type: ignore[arg-type]
     columns={"event_type": "kind"}, event_fields=EVENT_FIELDS, event_types=EVENT_TYPES,
 )
@@ -65,6 +71,8 @@ MAX_FIELDS = 100
 DEFAULT_CLUSTER_SAMPLE, MAX_CLUSTER_SAMPLE = 10_000, 100_000
 CORE_STRING_FIELDS = ("region", "time_zone")
 CORE_PII_FIELDS = ("full_name", "email", "phone", "birth_date", "customer_id")
+# Computed from birth_date at the export's as_of; birth_date itself stays refused (personal data).
+COMPUTED_FIELDS = {"age": "number", "age_band": "string"}
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _ATTR_TYPE = {"integer": "number", "decimal": "number", "boolean": "bool", "date": "date", "string": "string",
               "enum": "string"}
@@ -151,7 +159,7 @@ class FieldSpec:
     """A requested value: core field, attribute or tag, and the type it is exported as."""
 
     name: str  # as requested
-    source: str  # "core" | "attr" | "tag"
+    source: str  # "core" | "attr" | "tag" | "feature" | "computed"
     key: str
     type: str  # "string" | "number" | "bool" | "date"
     registered: bool = True
@@ -202,6 +210,8 @@ def _value(spec: FieldSpec, region: str, time_zone: str, attributes: dict[str, A
         return raw or None
     if spec.source == "tag":
         return tags.get((customer_id, spec.key))
+    if spec.source == "feature":  # looked up with the tags (SegmentsService._lookups)
+        return tags.get((customer_id, f"feature.{spec.key}"))
     stored = (attributes or {}).get(spec.key)
     if not stored:
         return None
@@ -228,6 +238,14 @@ def value_expression(spec: FieldSpec) -> ColumnElement[Any]:
         return func.nullif(column, literal("", String()))
     if spec.source == "tag":
         return literal(None, String())  # tags are read by a second query per batch
+    if spec.source == "feature":
+        return (select(CustomerFeatureRow.value)
+                .where(CustomerFeatureRow.customer_id == CustomerRow.customer_id,
+                       CustomerFeatureRow.name == literal(spec.key, String()))
+                .scalar_subquery())
+    if spec.source == "computed":
+        # turned into age / age_band in Python (columns_of); birth_date itself is never exported
+        return CustomerRow.birth_date.expression
     attributes = CustomerRow.attributes
     kind = attributes[(spec.key, "t")].as_string()
     raw = attributes[(spec.key, "v")]
@@ -240,6 +258,18 @@ def value_expression(spec: FieldSpec) -> ColumnElement[Any]:
     if not spec.registered:
         return raw.as_string()
     return case((kind == literal("string", String()), raw.as_string()))
+
+
+def _age_value(key: str, birth: Any, day: date) -> Any:
+    """age (whole years at `day`) or age_band (tags.AGE_BANDS; "unknown" without a birth date)."""
+    if isinstance(birth, str):
+        birth = date.fromisoformat(birth)
+    if birth is None:
+        return UNKNOWN if key == "age_band" else None
+    age = day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day))
+    if key == "age":
+        return age
+    return next((band for limit, band in AGE_BANDS if age < limit), "65+")
 
 
 def _attributes(value: Any) -> dict[str, Any]:
@@ -264,8 +294,8 @@ class SegmentsService:
                                   and s.allowed_values else None)
             for s in specs
         }
-        # No features table yet: features are refused (CONDITION_UNKNOWN_FEATURE).
-        return Catalog(attributes=attributes or None, features=frozenset(), events=CATALOG_EVENTS,
+        # Features: the names the feature store can hold (feature_store.FEATURE_NAMES).
+        return Catalog(attributes=attributes or None, features=FEATURE_NAMES, events=CATALOG_EVENTS,
                        allow_pii=allow_pii)
 
     async def _catalog(self, uow: SegmentsUnitOfWork) -> Catalog:
@@ -398,6 +428,9 @@ class SegmentsService:
             if name in CORE_STRING_FIELDS:
                 out.append(FieldSpec(name, "core", name, "string"))
                 continue
+            if name in COMPUTED_FIELDS:
+                out.append(FieldSpec(name, "computed", name, COMPUTED_FIELDS[name]))
+                continue
             if name in CORE_PII_FIELDS:
                 raise InvalidArgument.field(where, "is personal data and cannot be exported",
                                             reason="FIELD_PII_FORBIDDEN")
@@ -406,8 +439,11 @@ class SegmentsService:
                 out.append(FieldSpec(name, "tag", rest, "string"))
                 continue
             if dot and head == "feature":
-                raise InvalidArgument.field(where, "features are not available to segments yet",
-                                            reason="FEATURES_NOT_AVAILABLE")
+                if rest not in FEATURE_NAMES:
+                    raise InvalidArgument.field(where, "is not a feature (docs/features.md)",
+                                                reason="UNKNOWN_FIELD")
+                out.append(FieldSpec(name, "feature", rest, "number"))
+                continue
             key = rest if dot and head == "attr" else name
             if not _NAME.match(key):
                 raise InvalidArgument.field(where, "is not a field name (region, time_zone, <attribute>, "
@@ -426,13 +462,17 @@ class SegmentsService:
 
     @staticmethod
     def columns_of(fields: Sequence[FieldSpec], rows: Sequence[tuple[Any, ...]],
-                   tags: dict[tuple[str, str], str]) -> list[ColumnData]:
-        """Rows of values_query (customer_id, then one value per field) as typed columns."""
+                   tags: dict[tuple[str, str], str], as_of: datetime | None = None) -> list[ColumnData]:
+        """Rows of values_query (customer_id, then one value per field) as typed columns. `as_of`: the day
+        age and age_band are computed at (default now)."""
         out = []
+        day = (as_of or now()).astimezone(UTC).date()
         for index, spec in enumerate(fields, start=1):
             values: list[Any]
             if spec.source == "tag":
                 values = [tags.get((r[0], spec.key)) for r in rows]
+            elif spec.source == "computed":
+                values = [_age_value(spec.key, r[index], day) for r in rows]
             else:
                 values = [r[index] for r in rows]
             if spec.type == "number":
@@ -485,7 +525,8 @@ class SegmentsService:
             batch_number += 1
             token = pagination.encode_page_token(
                 {"after": after_id, "batch": batch_number, "as_of": as_of.isoformat()}, fingerprint)
-            yield ExportBatch([r[0] for r in rows], self.columns_of(fields, rows, tags), token, batch_number, as_of)
+            yield ExportBatch([r[0] for r in rows], self.columns_of(fields, rows, tags, as_of), token, batch_number,
+                              as_of)
             if len(rows) < batch_size:
                 return
 
@@ -507,7 +548,7 @@ class SegmentsService:
             else:
                 rows = await uow.audience.page(query, after_id=None, limit=sample_size)
             rows = [(r[0], r[1], r[2], _attributes(r[3])) for r in rows]
-            tags = await uow.audience.tags([r[0] for r in rows], [f.key for f in fields if f.source == "tag"])
+            tags = await self._lookups(uow, [r[0] for r in rows], fields)
         columns = self._cluster_columns(fields, rows, tags)
         if (k is not None and k >= len(rows)) or len(rows) < 3:
             raise FailedPrecondition("TOO_FEW_CUSTOMERS", "too few customers for this number of clusters")
@@ -525,8 +566,7 @@ class SegmentsService:
                 async with self.uow_factory() as uow:
                     page = await uow.audience.page(query, after_id=after, limit=DEFAULT_BATCH * 5)
                     page = [(r[0], r[1], r[2], _attributes(r[3])) for r in page]
-                    page_tags = await uow.audience.tags([r[0] for r in page],
-                                                        [f.key for f in fields if f.source == "tag"])
+                    page_tags = await self._lookups(uow, [r[0] for r in page], fields)
                 if not page:
                     break
                 labels = clustering.assign(encoder, model, self._cluster_columns(fields, page, page_tags, like=columns))
@@ -550,11 +590,24 @@ class SegmentsService:
         return await run_idempotent(self.uow_factory, IdempotencyKeyRow, key, CLUSTER_CODEC, save)
 
     @staticmethod
+    async def _lookups(uow: SegmentsUnitOfWork, customer_ids: list[str], fields: Sequence[FieldSpec]
+                       ) -> dict[tuple[str, str], Any]:
+        """Tags by (customer, tag) and stored features by (customer, "feature.<name>") of these customers."""
+        out: dict[tuple[str, str], Any] = dict(
+            await uow.audience.tags(customer_ids, [f.key for f in fields if f.source == "tag"]))
+        features = await uow.audience.features(customer_ids, [f.key for f in fields if f.source == "feature"])
+        out.update({(c, f"feature.{name}"): value for (c, name), value in features.items()})
+        return out
+
+    @staticmethod
     def _cluster_columns(fields: Sequence[FieldSpec], rows: Sequence[tuple[Any, ...]],
                          tags: dict[tuple[str, str], str], like: Sequence[clustering.Column] | None = None
                          ) -> list[clustering.Column]:
         out = []
         for index, spec in enumerate(fields):
+            if spec.source == "computed":
+                raise InvalidArgument.field(f"fields[{index}]", "age and age_band cannot be clustered on yet",
+                                            reason="FIELD_NOT_CLUSTERABLE")
             if spec.type == "date":
                 raise InvalidArgument.field(f"fields[{index}]", "dates cannot be clustered on",
                                             reason="FIELD_NOT_CLUSTERABLE")

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.platform.db import UnitOfWork, UtcDateTime
-from services.profile.db import AttributeRepository, Base, CustomerRow
+from services.profile.db import AttributeRepository, Base, CustomerFeatureRow, CustomerRow, CustomerTagValueRow
 from services.profile.events_db import CustomerTagRow
 
 INSERT_CHUNK = 5000
@@ -163,11 +163,26 @@ class AudienceRepository:
         out: dict[tuple[str, str], str] = {}
         for start in range(0, len(customer_ids), 1000):
             chunk = list(customer_ids[start:start + 1000])
-            query = select(CustomerTagRow.customer_id, CustomerTagRow.name, CustomerTagRow.value).where(
-                CustomerTagRow.customer_id.in_(chunk), CustomerTagRow.name.in_(list(names))
-            )
+            for table in (CustomerTagRow, CustomerTagValueRow):  # built-in; rule and external (tag_rules.py)
+                query = select(table.customer_id, table.name, table.value).where(
+                    table.customer_id.in_(chunk), table.name.in_(list(names))
+                )
+                for customer_id, name, value in await self.session.execute(query):
+                    out[(customer_id, name)] = value
+        return out
+
+
+    async def features(self, customer_ids: Sequence[str], names: Sequence[str]) -> dict[tuple[str, str], float]:
+        """Stored features (the feature store) of these customers, by (customer_id, name)."""
+        if not customer_ids or not names:
+            return {}
+        out: dict[tuple[str, str], float] = {}
+        for start in range(0, len(customer_ids), 1000):
+            chunk = list(customer_ids[start:start + 1000])
+            query = select(CustomerFeatureRow.customer_id, CustomerFeatureRow.name, CustomerFeatureRow.value).where(
+                CustomerFeatureRow.customer_id.in_(chunk), CustomerFeatureRow.name.in_(list(names)))
             for customer_id, name, value in await self.session.execute(query):
-                out[(customer_id, name)] = value
+                out[(customer_id, name)] = float(value)
         return out
 
 

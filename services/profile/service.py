@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 
 from services.platform.errors import Aborted, AlreadyExists, NotFound
@@ -22,6 +23,32 @@ from services.profile.registry import Registry, check_definitions
 
 CUSTOMER_CODEC = Codec(encode=customer_to_json, decode=customer_from_json)
 SPECS_CODEC = Codec(encode=specs_to_json, decode=specs_from_json)
+_SEALED = b"sealed:"
+
+
+def _encode_without_pii(customer: Customer, pii: frozenset[str]) -> bytes:
+    """The stored response of an idempotent create/update: PII attribute values are left out (the idempotency
+    table is not encrypted) and only their names kept; a replay reads them back, decrypted, from the customer."""
+    names = sorted(n for n in customer.attributes if n in pii)
+    if not names:
+        return customer_to_json(customer)
+    plain = dataclasses.replace(customer, attributes={k: a for k, a in customer.attributes.items() if k not in pii})
+    return _SEALED + json.dumps(names).encode() + b"\n" + customer_to_json(plain)
+
+
+def _decode_sealed(raw: bytes) -> tuple[Customer, list[str]]:
+    if not raw.startswith(_SEALED):
+        return customer_from_json(raw), []
+    head, _, body = raw.partition(b"\n")
+    return customer_from_json(body), list(json.loads(head[len(_SEALED):]))
+
+
+@dataclasses.dataclass
+class _Outcome:
+    """A create/update result, or a replayed one whose PII attributes must be read back."""
+
+    customer: Customer
+    sealed: list[str] = dataclasses.field(default_factory=list)
 
 
 def _name(customer_id: str) -> str:
@@ -46,34 +73,58 @@ class ProfileService:
         rows = rows[:page_size]
         return CustomerPage(rows, rows[-1].customer_id if more and rows else None)
 
+    def _codec(self, pii: set[str]) -> Codec[_Outcome]:
+        return Codec(encode=lambda o: _encode_without_pii(o.customer, frozenset(pii)),
+                     decode=lambda raw: _Outcome(*_decode_sealed(raw)))
+
+    async def _unseal(self, outcome: _Outcome) -> Customer:
+        """A replayed response gets its PII attributes back from the stored customer (decrypted)."""
+        if not outcome.sealed:
+            return outcome.customer
+        async with self.uow_factory() as uow:
+            current = await uow.customers.get(outcome.customer.customer_id)
+        attributes = dict(outcome.customer.attributes)
+        for name in outcome.sealed:
+            if current is not None and name in current.attributes:
+                attributes[name] = current.attributes[name]
+        return dataclasses.replace(outcome.customer, attributes=dict(sorted(attributes.items())))
+
     async def create_customer(self, customer: Customer, key: IdempotencyKey | None) -> Customer:
-        async def create(uow: ProfileUnitOfWork) -> Customer:
+        pii: set[str] = set()
+
+        async def create(uow: ProfileUnitOfWork) -> _Outcome:
             registry = Registry(await uow.attributes.all())
+            pii.update(registry.pii_names)
             checked = dataclasses.replace(customer, attributes=registry.check_or_raise(customer.attributes))
             if await uow.customers.get(customer.customer_id) is not None:
                 raise AlreadyExists("customer", _name(customer.customer_id))
-            return await uow.customers.add(checked)
+            return _Outcome(await uow.customers.add(checked, registry.pii_names))
 
-        return await run_idempotent(self.uow_factory, IdempotencyKeyRow, key, CUSTOMER_CODEC, create)
+        return await self._unseal(
+            await run_idempotent(self.uow_factory, IdempotencyKeyRow, key, self._codec(pii), create))
 
     async def update_customer(
         self, changes: Customer, paths: list[str], expected_etag: str, key: IdempotencyKey | None
     ) -> Customer:
-        async def update(uow: ProfileUnitOfWork) -> Customer:
+        pii: set[str] = set()
+
+        async def update(uow: ProfileUnitOfWork) -> _Outcome:
             current = await uow.customers.get(changes.customer_id)
             if current is None:
                 raise NotFound("customer", _name(changes.customer_id))
             if expected_etag and expected_etag != current.etag:
                 raise Aborted("ETAG_MISMATCH", "the customer changed since it was read; read it again and retry")
             registry = Registry(await uow.attributes.all())
+            pii.update(registry.pii_names)
             # Only the attributes this update sets are checked: values stored before the registry stay.
             changed = {n: a for n, a in changes.attributes.items()
                        if "attributes" in paths or f"attributes.{n}" in paths}
             checked = registry.check_or_raise(changed)
             updated = apply_mask(current, dataclasses.replace(changes, attributes=checked), paths)
-            return await uow.customers.save(updated)
+            return _Outcome(await uow.customers.save(updated, registry.pii_names))
 
-        return await run_idempotent(self.uow_factory, IdempotencyKeyRow, key, CUSTOMER_CODEC, update)
+        return await self._unseal(
+            await run_idempotent(self.uow_factory, IdempotencyKeyRow, key, self._codec(pii), update))
 
     async def delete_customer(self, customer_id: str, expected_etag: str, key: IdempotencyKey | None) -> None:
         async def delete(uow: ProfileUnitOfWork) -> Customer:

@@ -13,6 +13,9 @@ from services.profile.features import CustomerFacts, FeatureSet
 
 RULE_VERSION = "1"
 UNKNOWN = "unknown"
+# The names compute_tags writes: reserved, a rule or external tag may not use them (docs/tags.md).
+BUILTIN_TAGS = frozenset({"lifecycle_stage", "value_tier", "clv_estimate", "risk_preference", "age_band",
+                          "income_tier", "region_tier"})
 
 # Attributes read by tags.
 ATTR_INCOME = "income"  # monthly income, in the bank's reporting currency

@@ -18,6 +18,7 @@ from lodestar.profile.v1 import profile_service_pb2 as ppb
 from lodestar.profile.v1 import profile_service_pb2_grpc as ppbg
 from lodestar.profile.v1 import segment_service_pb2 as pb
 from lodestar.profile.v1 import segment_service_pb2_grpc as pbg
+from services.platform.config import ConfigError
 from services.profile.app import DEFINITION
 from services.profile.conditions import parse, to_proto
 from services.profile.segments_db import SegmentMemberRow, SegmentRow
@@ -139,7 +140,7 @@ async def test_event_aggregates_and_tags_are_compiled_over_the_real_tables(stubs
     ('region = "CN-31" and nope > 3', "CONDITION_UNKNOWN_ATTRIBUTE", "1:22"),
     ('national_id = "N1"', "CONDITION_PII_FORBIDDEN", "1:1"),
     ('tier = "platinum"', "CONDITION_VALUE_OUT_OF_RANGE", None),
-    ("feature.recency_days > 3", "CONDITION_UNKNOWN_FEATURE", "1:1"),
+    ("feature.bogus > 3", "CONDITION_UNKNOWN_FEATURE", "1:1"),
     ("income = true", "CONDITION_TYPE_MISMATCH", None),
 ])
 async def test_bad_conditions_are_invalid_argument_with_their_position(stubs, text, reason, position):
@@ -159,13 +160,11 @@ async def test_missing_or_double_condition(stubs):
         pb.PreviewSegmentRequest(condition_text='region = "CN-31"', sample_size=101)), INVALID, "OUT_OF_RANGE")
 
 
-async def test_pii_is_allowed_when_the_policy_says_so(start):
-    svc = await start(DEFINITION, PROFILE_ALLOW_PII_IN_SEGMENTS="true")
-    async with grpc.aio.insecure_channel(svc.address) as channel:
-        stubs = Stubs(svc, channel)
-        await _load(stubs)
-        response = await stubs.segments.PreviewSegment(pb.PreviewSegmentRequest(condition_text='national_id = "N1"'))
-        assert list(response.sample_customer_ids) == ["c-01"]
+def test_pii_in_segments_cannot_be_turned_on_since_pii_is_encrypted_at_rest():
+    # An encrypted value cannot be matched in SQL: the setting is refused at start-up, never a silent empty match.
+    with pytest.raises(ConfigError, match="PROFILE_ALLOW_PII_IN_SEGMENTS=true is no longer possible"):
+        DEFINITION.settings_from_env({"PROFILE_ALLOW_PII_IN_SEGMENTS": "true"})
+    assert DEFINITION.settings_from_env({"PROFILE_ALLOW_PII_IN_SEGMENTS": "false"}) is not None
 
 
 # --- segments -------------------------------------------------------------------------------------------------
@@ -306,7 +305,7 @@ async def _drain(call):
     (["national_id"], "FIELD_PII_FORBIDDEN"),
     (["email"], "FIELD_PII_FORBIDDEN"),
     (["nope"], "UNKNOWN_FIELD"),
-    (["feature.recency_days"], "FEATURES_NOT_AVAILABLE"),
+    (["feature.bogus"], "UNKNOWN_FIELD"),
     (["region", "region"], "DUPLICATE_FIELD"),
 ])
 async def test_export_refuses_bad_fields(stubs, fields, reason):

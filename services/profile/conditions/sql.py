@@ -12,7 +12,7 @@ Null semantics are SQL's three-valued logic; the evaluator implements the same (
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -82,6 +82,9 @@ class SqlSchema:
     event_fields: Mapping[str, Col] = field(default_factory=dict)
     # condition event name -> the value stored in the event type column (identity when absent)
     event_types: Mapping[str, str] = field(default_factory=dict)
+    # tag name -> (customer_id, name, value) columns of another table holding that tag (e.g. built-in tags kept
+    # apart from user-defined ones); every other tag is read from tag_customer_id/tag_name/tag_value
+    named_tags: Mapping[str, tuple[Col, Col, Col]] = field(default_factory=dict)
 
     @classmethod
     def from_tables(
@@ -94,6 +97,7 @@ class SqlSchema:
         event_fields: Mapping[str, str] | None = None,
         event_types: Mapping[str, str] | None = None,
         columns: Mapping[str, str] | None = None,
+        named_tags: Mapping[str, Table] | None = None,
     ) -> SqlSchema:
         """`columns` renames the defaults: customer_id, birth_date, region, time_zone, attributes,
         tag_customer_id/tag_name/tag_value, feature_customer_id/feature_name/feature_value,
@@ -118,7 +122,9 @@ class SqlSchema:
             kwargs.update({k: events.c[names[k]] for k in ("event_customer_id", "event_type", "event_occurred_at",
                                                             "event_recorded_at")})
             kwargs["event_fields"] = {name: events.c[col] for name, col in (event_fields or {}).items()}
-        return cls(**kwargs, event_types=dict(event_types or {}))
+        named = {tag: (table.c[names["tag_customer_id"]], table.c[names["tag_name"]], table.c[names["tag_value"]])
+                 for tag, table in (named_tags or {}).items()}
+        return cls(**kwargs, event_types=dict(event_types or {}), named_tags=named)
 
 
 def _bind(lit: Literal) -> Col:
@@ -181,10 +187,14 @@ class _Compiler:
             guard = kind == literal(kinds[0], String()) if len(kinds) == 1 else kind.in_(list(kinds))
             return case((guard, typed))
         if isinstance(operand, TagRef):
-            cid = self._need(s.tag_customer_id, "tags", errors.UNKNOWN_ATTRIBUTE, operand)
-            assert s.tag_name is not None and s.tag_value is not None
-            return (select(func.max(s.tag_value))
-                    .where(cid == s.customer_id, s.tag_name == literal(operand.name, String()))
+            if operand.name in s.named_tags:
+                cid, tag_name, tag_value = s.named_tags[operand.name]
+            else:
+                cid = self._need(s.tag_customer_id, "tags", errors.UNKNOWN_ATTRIBUTE, operand)
+                assert s.tag_name is not None and s.tag_value is not None
+                tag_name, tag_value = s.tag_name, s.tag_value
+            return (select(func.max(tag_value))
+                    .where(cid == s.customer_id, tag_name == literal(operand.name, String()))
                     .scalar_subquery())
         if isinstance(operand, FeatureRef):
             cid = self._need(s.feature_customer_id, "features", errors.UNKNOWN_FEATURE, operand)
@@ -259,6 +269,17 @@ class _Compiler:
         return (isinstance(operand, CoreField) and operand.name in ("region", "time_zone")
                 and all(isinstance(v.value, str) and v.value != "" for v in values))
 
+    def _feature_rows(self, operand: FeatureRef, predicate: Callable[[Col], Col]) -> Col:
+        """`customer_id IN (SELECT customer_id FROM features WHERE name = :n AND <predicate on value>)`: where only
+        TRUE matters, this is TRUE exactly when the correlated lookup's comparison is (the features table holds
+        at most one row per customer and name, its primary key), and an index on (name, value) serves it instead
+        of one lookup per customer."""
+        s = self.schema
+        cid = self._need(s.feature_customer_id, "features", errors.UNKNOWN_FEATURE, operand)
+        assert s.feature_name is not None and s.feature_value is not None
+        rows = select(cid).where(s.feature_name == literal(operand.name, String()), predicate(s.feature_value))
+        return s.customer_id.in_(rows)
+
     def _core_column(self, operand: Operand) -> Col:
         s = self.schema
         return s.region if operand.name == "region" else s.time_zone  # type: ignore[union-attr]
@@ -284,12 +305,18 @@ class _Compiler:
             family = LITERAL_FAMILY[node.value.kind]
             if positive and node.op == "=" and self._plain_core(operand, [node.value]):
                 return self._core_column(operand) == _bind(node.value)  # sargable: the index on region serves it
+            if positive and isinstance(operand, FeatureRef):
+                compare = node
+                return self._feature_rows(operand, lambda v: _compare(v, compare.op, _bind(compare.value)))
             return _compare(self.value(operand, family), node.op, _bind(node.value))
         if isinstance(node, Between):
             if is_age:
                 return and_(self.age(">=", int(node.low.value)),  # type: ignore[arg-type]
                             self.age("<=", int(node.high.value)))  # type: ignore[arg-type]
             family = LITERAL_FAMILY[node.low.kind]
+            if positive and isinstance(operand, FeatureRef):
+                between = node
+                return self._feature_rows(operand, lambda v: and_(v >= _bind(between.low), v <= _bind(between.high)))
             expr = self.value(operand, family)
             return and_(expr >= _bind(node.low), expr <= _bind(node.high))
         if isinstance(node, InList):
@@ -302,6 +329,8 @@ class _Compiler:
             binds = [_bind(v) for v in node.values]
             if positive and not node.negated and self._plain_core(operand, node.values):
                 return self._core_column(operand).in_(binds)
+            if positive and not node.negated and isinstance(operand, FeatureRef):
+                return self._feature_rows(operand, lambda v: v.in_(binds))
             expr = self.value(operand, family)
             return expr.not_in(binds) if node.negated else expr.in_(binds)
         raise ConditionError(errors.INVALID_TREE, "not a condition node")
