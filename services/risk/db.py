@@ -18,8 +18,10 @@ from sqlalchemy import (
     Boolean,
     Column,
     Float,
+    ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -691,3 +693,246 @@ class RiskUnitOfWork(UnitOfWork):
         self.policy = PolicyRepository(self.session)
         self.audit = AuditRepository(self.session)
         self.fraud = FraudRepository(self.session)
+
+
+# --- anti-money-laundering monitoring (services/risk/aml.py, docs/aml.md) ------------------------------------
+
+AML_ACTIVE_STATES = ("OPEN", "INVESTIGATING")  # new alerts join such a case
+AML_BLOCKING_STATES = ("OPEN", "INVESTIGATING", "REPORTED")  # Screen: AML_CASE_OPEN
+
+
+class AmlTransactionRow(Base):
+    """Transactions fed to MonitorTransactions: each customer's history for the rules. The counterparty only as
+    a keyed hash."""
+
+    __tablename__ = "aml_transactions"
+    __table_args__ = (Index("ix_aml_transactions_customer", "customer_id", "occurred_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    transaction_id: Mapped[str] = mapped_column(String(128), unique=True)
+    customer_id: Mapped[str] = mapped_column(String(128))
+    occurred_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    amount: Mapped[float] = mapped_column(Float)
+    currency: Mapped[str] = mapped_column(String(3))
+    direction: Mapped[str] = mapped_column(String(3))
+    country: Mapped[str] = mapped_column(String(2))
+    counterparty_key: Mapped[str] = mapped_column(String(64))
+    channel: Mapped[str] = mapped_column(String(32))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class AmlCaseRow(Base):
+    __tablename__ = "aml_cases"
+    __table_args__ = (Index("ix_aml_cases_customer", "customer_id", "state"), Index("ix_aml_cases_state", "state"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16))
+    alert_count: Mapped[int] = mapped_column(Integer)
+    rules: Mapped[list[str]] = mapped_column(JSON)
+    actor: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    update_time: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class AmlAlertRow(Base):
+    __tablename__ = "aml_alerts"
+    __table_args__ = (Index("ix_aml_alerts_customer", "customer_id", "rule", "window_end"),
+                      Index("ix_aml_alerts_case", "case_id"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str] = mapped_column(String(128))
+    case_id: Mapped[int] = mapped_column(ForeignKey("aml_cases.id"))
+    rule: Mapped[str] = mapped_column(String(32))
+    reasons: Mapped[list[str]] = mapped_column(JSON)
+    detail: Mapped[str] = mapped_column(String(256))
+    amount: Mapped[float] = mapped_column(Float)
+    anomaly_score: Mapped[float] = mapped_column(Float)
+    window_start: Mapped[datetime] = mapped_column(UtcDateTime())
+    window_end: Mapped[datetime] = mapped_column(UtcDateTime())
+    transaction_ids: Mapped[list[str]] = mapped_column(JSON)
+    rules_version: Mapped[str] = mapped_column(String(16))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class AmlRuleSetRow(Base):
+    """Every SetAmlRules as a new version; the highest is in force (none: the defaults)."""
+
+    __tablename__ = "aml_rule_sets"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    rules: Mapped[dict[str, Any]] = mapped_column(JSON)
+    actor: Mapped[str] = mapped_column(String(64))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class AmlRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    @property
+    def _dialect(self) -> str:
+        return self.session.bind.dialect.name
+
+    async def existing_transactions(self, transaction_ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for chunk in _chunks(list(transaction_ids)):
+            found.update(await self.session.scalars(select(AmlTransactionRow.transaction_id).where(
+                _among(AmlTransactionRow.transaction_id, chunk, self._dialect))))
+        return found
+
+    async def add_transactions(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            await self.session.execute(insert(AmlTransactionRow), rows)
+
+    async def history(self, customer_ids: Sequence[str], since: datetime) -> list[Any]:
+        """Stored transactions of these customers that occurred after `since`."""
+        out: list[Any] = []
+        columns = (AmlTransactionRow.transaction_id, AmlTransactionRow.customer_id, AmlTransactionRow.occurred_at,
+                   AmlTransactionRow.amount, AmlTransactionRow.direction, AmlTransactionRow.country,
+                   AmlTransactionRow.counterparty_key)
+        for chunk in _chunks(list(customer_ids)):
+            out.extend(await self.session.execute(select(*columns).where(
+                _among(AmlTransactionRow.customer_id, chunk, self._dialect),
+                AmlTransactionRow.occurred_at > since)))
+        return out
+
+    async def last_alert_ends(self, customer_ids: Sequence[str]) -> dict[tuple[str, str], datetime]:
+        """(customer, rule) -> the latest window_end of its alerts."""
+        out: dict[tuple[str, str], datetime] = {}
+        for chunk in _chunks(list(customer_ids)):
+            rows = await self.session.execute(
+                select(AmlAlertRow.customer_id, AmlAlertRow.rule, func.max(AmlAlertRow.window_end))
+                .where(_among(AmlAlertRow.customer_id, chunk, self._dialect))
+                .group_by(AmlAlertRow.customer_id, AmlAlertRow.rule))
+            for customer_id, rule, end in rows:
+                if end is not None:
+                    out[(customer_id, rule)] = end
+        return out
+
+    async def active_cases(self, customer_ids: Sequence[str]) -> dict[str, AmlCaseRow]:
+        """The open or investigating case of each customer (the newest, if several)."""
+        out: dict[str, AmlCaseRow] = {}
+        for chunk in _chunks(list(customer_ids)):
+            rows = await self.session.scalars(select(AmlCaseRow).where(
+                _among(AmlCaseRow.customer_id, chunk, self._dialect),
+                AmlCaseRow.state.in_(AML_ACTIVE_STATES)).order_by(AmlCaseRow.id))
+            out.update({row.customer_id: row for row in rows})
+        return out
+
+    async def blocked_customers(self, customer_ids: Sequence[str]) -> set[str]:
+        """The customers among `customer_ids` with a case open, investigating or reported."""
+        any_case = await self.session.scalar(
+            select(AmlCaseRow.id).where(AmlCaseRow.state.in_(AML_BLOCKING_STATES)).limit(1))
+        if any_case is None:
+            return set()
+        found: set[str] = set()
+        for chunk in _chunks(list(dict.fromkeys(customer_ids))):
+            found.update(await self.session.scalars(select(AmlCaseRow.customer_id).distinct().where(
+                _among(AmlCaseRow.customer_id, chunk, self._dialect),
+                AmlCaseRow.state.in_(AML_BLOCKING_STATES))))
+        return found
+
+    async def add_case(self, row: AmlCaseRow) -> AmlCaseRow:
+        self.session.add(row)
+        await self.session.flush()
+        return row
+
+    async def add_alerts(self, rows: list[AmlAlertRow]) -> list[AmlAlertRow]:
+        self.session.add_all(rows)
+        await self.session.flush()
+        return rows
+
+    async def case(self, case_id: int, *, for_update: bool = False) -> AmlCaseRow | None:
+        query = select(AmlCaseRow).where(AmlCaseRow.id == case_id)
+        return await self.session.scalar(query.with_for_update() if for_update else query)
+
+    async def alerts_page(self, *, customer_id: str | None, rule: str | None, case_id: int | None,
+                          before_id: int | None, limit: int) -> list[AmlAlertRow]:
+        query = select(AmlAlertRow)
+        if customer_id is not None:
+            query = query.where(AmlAlertRow.customer_id == customer_id)
+        if rule is not None:
+            query = query.where(AmlAlertRow.rule == rule)
+        if case_id is not None:
+            query = query.where(AmlAlertRow.case_id == case_id)
+        if before_id is not None:
+            query = query.where(AmlAlertRow.id < before_id)
+        return list(await self.session.scalars(query.order_by(AmlAlertRow.id.desc()).limit(limit)))
+
+    async def cases_page(self, *, state: str | None, customer_id: str | None, before_id: int | None,
+                         limit: int) -> list[AmlCaseRow]:
+        query = select(AmlCaseRow)
+        if state is not None:
+            query = query.where(AmlCaseRow.state == state)
+        if customer_id is not None:
+            query = query.where(AmlCaseRow.customer_id == customer_id)
+        if before_id is not None:
+            query = query.where(AmlCaseRow.id < before_id)
+        return list(await self.session.scalars(query.order_by(AmlCaseRow.id.desc()).limit(limit)))
+
+    async def latest_rules(self) -> AmlRuleSetRow | None:
+        return await self.session.scalar(select(AmlRuleSetRow).order_by(AmlRuleSetRow.version.desc()).limit(1))
+
+    async def add_rules(self, row: AmlRuleSetRow) -> AmlRuleSetRow:
+        self.session.add(row)
+        await self.session.flush()
+        return row
+
+
+# --- data-subject requests (services/risk/dsr.py, docs/data-subject-requests.md) ----------------------------
+
+
+class DataSubjectRequestRow(Base):
+    """The ledger of access and erasure requests: written (and committed) before anything is read or destroyed.
+    `customer_id` is kept only while the request runs (a resumed step needs it) and cleared when it ends;
+    `customer_hash` (a keyed hash) finds a customer's erasure afterwards without holding the id."""
+
+    __tablename__ = "dsr_requests"
+    __table_args__ = (Index("ix_dsr_requests_customer_hash", "customer_hash", "kind"),
+                      Index("ix_dsr_requests_state", "state"))
+
+    request_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    # The caller's AIP-155 request id: a retried Start returns the same request.
+    client_request_id: Mapped[str | None] = mapped_column(String(128), unique=True, nullable=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    customer_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    customer_hash: Mapped[str] = mapped_column(String(64))
+    customer_token: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(String(512), default="")
+    rejection_reason: Mapped[str] = mapped_column(String(64), default="")
+    status_message: Mapped[str] = mapped_column(Text, default="")
+    # Erasure: sha256 over the steps' receipt digests; access: the archive's sha256.
+    proof_digest: Mapped[str] = mapped_column(String(64), default="")
+    # Access: the zip (JSON per service + manifest); personal data, served by GetAccessArchive.
+    archive: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    archive_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    update_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    done_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class DataSubjectStepRow(Base):
+    """One service's part of a request, in order; `done` with its receipt (erasure) or export (access)."""
+
+    __tablename__ = "dsr_steps"
+
+    request_id: Mapped[str] = mapped_column(ForeignKey("dsr_requests.request_id", ondelete="CASCADE"),
+                                            primary_key=True)
+    service: Mapped[str] = mapped_column(String(16), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    done: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Erasure: the service's ErasureReceipt (serialised proto): the proof kept.
+    receipt: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # Access: the service's ExportCustomerDataResponse until the archive is built, then cleared.
+    export: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    digest: Mapped[str] = mapped_column(String(64), default="")
+    record_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    done_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)

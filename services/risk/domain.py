@@ -62,6 +62,8 @@ class Reason(StrEnum):
     VULNERABLE_CUSTOMER = "VULNERABLE_CUSTOMER"
     AGE_UNKNOWN = "AGE_UNKNOWN"
     COOL_OFF = "COOL_OFF"
+    AML_CASE_OPEN = "AML_CASE_OPEN"
+    STUDENT_RESTRICTED = "STUDENT_RESTRICTED"
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,9 @@ class CustomerFacts:
     # The applicant's credit features (name, value as text), sorted by name; scored by the champion credit model.
     credit_features: tuple[tuple[str, str], ...] = ()
     monthly_income: float | None = None
+    # A student (the flag, or occupation "student"): RISK_STUDENT_RULES apply (rules.py).
+    student: bool = False
+    occupation: str = ""
 
 
 @dataclass(frozen=True)

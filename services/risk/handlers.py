@@ -9,7 +9,7 @@ import ipaddress
 import math
 import re
 from collections.abc import AsyncIterator, Mapping
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -70,13 +70,14 @@ from services.risk.domain import (
     Verdict,
 )
 from services.risk.rules import OUTBOUND_CHANNELS, POLICY_VERSION
-from services.risk.service import RiskService
+from services.risk.service import DEFAULT_MIN_DAYS_LATE, LABEL_EVENT_KINDS, EventLabel, RiskService
 
 MAX_OFFERS = 100
 MAX_SOURCE = 64
 MAX_ACTOR = 64
 MAX_REASON = 256
 MAX_CATEGORY = 64
+MAX_OCCUPATION = 64
 MIN_BIRTH_DATE = date(1900, 1, 1)
 MAX_BATCH_ITEMS = 10_000
 MAX_CONTENT_CHARS = 20_000
@@ -190,12 +191,15 @@ def facts_from_proto(facts: screening_pb2.CustomerFacts) -> CustomerFacts:
         violations.add("facts.birth_date", "must be between 1900-01-01 and today")
     if len(facts.region) > 16:
         violations.add("facts.region", "must be an ISO 3166 code such as CN or CN-31")
+    if len(facts.occupation) > MAX_OCCUPATION:
+        violations.add("facts.occupation", f"must be at most {MAX_OCCUPATION} characters")
     violations.raise_if_any()
     return CustomerFacts(
         birth_date=birth_date, time_zone=facts.time_zone, region=facts.region, risk_tolerance=tolerance,
         in_collections=facts.in_collections, vulnerable=facts.vulnerable,
         credit_features=credit_features_from_proto(facts.credit_features, "facts.credit_features"),
         monthly_income=income_from_proto(facts, "facts.monthly_income"),
+        student=facts.student, occupation=facts.occupation,
     )
 
 
@@ -304,6 +308,36 @@ def training_rows_from_proto(request: credit_pb2.TrainCreditModelRequest) -> lis
         raise InvalidArgument.field("training_window", f"at most {MAX_WINDOW_ENTRIES} entries of at most 64 "
                                     "characters", reason="INVALID_TRAINING_WINDOW")
     return rows
+
+
+def event_label_from_proto(request: credit_pb2.TrainCreditModelRequest, now: datetime) -> EventLabel:
+    """TrainCreditModelRequest.event_label, validated: a known event type, a date, a window of 1 to 3650 days
+    that is over by now; the rows' own `defaulted` must then be false."""
+    label = request.event_label
+    violations = Violations()
+    if label.event_type not in LABEL_EVENT_KINDS:
+        raise InvalidArgument.field("event_label.event_type", f"must be one of {', '.join(LABEL_EVENT_KINDS)}",
+                                    reason="UNKNOWN_EVENT_TYPE")
+    cutoff = check_date(label.cutoff_date, "event_label.cutoff_date", violations)
+    if not label.cutoff_date:
+        violations.add("event_label.cutoff_date", "is required, as YYYY-MM-DD")
+    violations.raise_if_any(reason="INVALID_CUTOFF")
+    assert cutoff is not None
+    if not 1 <= label.window_days <= 3650:
+        raise InvalidArgument.field("event_label.window_days", "must be between 1 and 3650 days",
+                                    reason="INVALID_WINDOW")
+    start = datetime(cutoff.year, cutoff.month, cutoff.day, tzinfo=UTC) + timedelta(days=1)
+    if start + timedelta(days=label.window_days) > now:
+        raise InvalidArgument.field("event_label.window_days", "the window after the cut-off is not over yet: "
+                                    "late defaults would be missed", reason="WINDOW_NOT_OBSERVED")
+    if label.min_days_late < 0 or (label.min_days_late and label.event_type != "repayment_late"):
+        raise InvalidArgument.field("event_label.min_days_late", "must be 0 or more, and only with repayment_late",
+                                    reason="INVALID_ARGUMENT")
+    for i, row in enumerate(request.rows):
+        if row.defaulted:
+            raise InvalidArgument.field(f"rows[{i}].defaulted", "must be false when event_label labels the rows",
+                                        reason="LABEL_CONFLICT")
+    return EventLabel(label.event_type, start, label.window_days, label.min_days_late or DEFAULT_MIN_DAYS_LATE)
 
 
 def credit_score_to_proto(version: str, score: CreditScore) -> credit_pb2.ScoreCreditResponse:
@@ -420,13 +454,19 @@ def _batch_facts(facts: screening_pb2.CustomerFacts, field: str) -> CustomerFact
                                     reason="UNKNOWN_ENUM_VALUE")
     if len(facts.region) > 16:
         raise InvalidArgument.field(f"{field}.region", "must be an ISO 3166 code such as CN or CN-31")
+    if len(facts.occupation) > MAX_OCCUPATION:
+        raise InvalidArgument.field(f"{field}.occupation", f"must be at most {MAX_OCCUPATION} characters")
     if facts.credit_features or facts.HasField("monthly_income"):
         return CustomerFacts(
             birth_date=birth, time_zone=facts.time_zone, region=facts.region, risk_tolerance=facts.risk_tolerance,
             in_collections=facts.in_collections, vulnerable=facts.vulnerable,
             credit_features=credit_features_from_proto(facts.credit_features, f"{field}.credit_features"),
             monthly_income=income_from_proto(facts, f"{field}.monthly_income"),
+            student=facts.student, occupation=facts.occupation,
         )
+    if facts.student or facts.occupation:
+        return CustomerFacts(birth, facts.time_zone, facts.region, facts.risk_tolerance, facts.in_collections,
+                             facts.vulnerable, student=facts.student, occupation=facts.occupation)
     return CustomerFacts(birth, facts.time_zone, facts.region, facts.risk_tolerance, facts.in_collections,
                          facts.vulnerable)
 
@@ -775,10 +815,17 @@ class RiskHandlers(risk_service_pb2_grpc.RiskServiceServicer):
                                context: grpc.aio.ServicerContext) -> credit_pb2.TrainCreditModelResponse:
         key = key_for("TrainCreditModel", request)
         rows = training_rows_from_proto(request)
+        window = dict(request.training_window)
+        label = None
+        if request.HasField("event_label"):
+            label = event_label_from_proto(request, utcnow())
+            window.setdefault("label_event_type", label.event_type)
+            window.setdefault("cutoff", request.event_label.cutoff_date)
+            window.setdefault("window_days", str(label.window_days))
         info = await self.service.train_credit_model(
             rows, features=list(request.features), categorical=list(request.categorical),
-            training_window=dict(request.training_window), folds=request.folds or 5, promote=request.promote,
-            actor="api", key=key)
+            training_window=window, folds=request.folds or 5, promote=request.promote,
+            actor="api", key=key, label=label)
         return credit_pb2.TrainCreditModelResponse(model=credit_model_to_proto(info))
 
     async def ListCreditModels(self, request: credit_pb2.ListCreditModelsRequest,

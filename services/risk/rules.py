@@ -39,11 +39,19 @@ Contact policy (policy 2026.12-1; outbound channels only, the same for every off
    reservations within the cap's rolling period of contact_time (|t - contact_time| < period: day 24 h,
    week 7 days, month 30 days) already reach its limit -> HOLD FREQUENCY_CAP. The symmetric window makes
    sequential acceptance imply the cap holds in every rolling window.
+
+Customer restrictions (listed after suitability and vulnerability, per offer):
+9. Students (facts.student, or facts.occupation among the student occupations): under RISK_STUDENT_RULES
+   (default "deny_credit,max_risk=R3") a credit product -> DENY STUDENT_RESTRICTED with `deny_credit`, and a
+   product of risk level above the cap -> DENY STUDENT_RESTRICTED with `max_risk=R<n>`. "none" lifts both.
+10. Anti-money-laundering: a customer with an active AML case (open, investigating or reported; docs/aml.md)
+   -> DENY AML_CASE_OPEN for credit products and wealth products (WEALTH, SAVINGS_BOND).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -93,6 +101,50 @@ REGION_TIME_ZONES: Mapping[str, str] = {
 }
 
 HOLD_REASONS = frozenset({Reason.QUIET_HOURS, Reason.TIMEZONE_UNKNOWN, Reason.FREQUENCY_CAP})
+
+# --- students and AML cases (rules 9 and 10) -----------------------------------------------------------------
+STUDENT_RULES_SETTING = "RISK_STUDENT_RULES"
+DEFAULT_STUDENT_RULES = "deny_credit,max_risk=R3"
+AML_BLOCKED_PRODUCTS = CREDIT_PRODUCTS | {ProductType.WEALTH, ProductType.SAVINGS_BOND}
+
+
+@dataclass(frozen=True)
+class StudentRules:
+    """What students may not be offered (rule 9). max_risk_level 0 = no cap."""
+
+    deny_credit: bool = False
+    max_risk_level: int = 0
+    occupations: frozenset[str] = frozenset({"student"})
+
+
+NO_STUDENT_RULES = StudentRules()
+
+
+def parse_student_rules(raw: str | None) -> StudentRules:
+    """RISK_STUDENT_RULES: comma-separated `deny_credit`, `max_risk=R<1-5>`, `occupations=a|b`; "none" or ""
+    = no restriction. Unset: DEFAULT_STUDENT_RULES. A bad value is ValueError naming the part."""
+    text = (DEFAULT_STUDENT_RULES if raw is None else raw).strip()
+    if text.lower() in ("", "none"):
+        return NO_STUDENT_RULES
+    deny, cap, occupations = False, 0, frozenset({"student"})
+    for part in (p.strip() for p in text.split(",")):
+        name, _, value = part.partition("=")
+        name, value = name.strip().lower(), value.strip()
+        if name == "deny_credit" and not value:
+            deny = True
+        elif name == "max_risk" and value.upper() in {f"R{n}" for n in range(1, 6)}:
+            cap = int(value[1:])
+        elif name == "occupations" and value:
+            occupations = frozenset(o.strip().lower() for o in value.split("|") if o.strip())
+        else:
+            raise ValueError(f"{STUDENT_RULES_SETTING}: {part!r} must be deny_credit, max_risk=R1..R5 or "
+                             "occupations=a|b (comma-separated), or none")
+    return StudentRules(deny, cap, occupations)
+
+
+def is_student(facts: CustomerFacts, student_rules: StudentRules) -> bool:
+    return facts.student or (bool(facts.occupation)
+                             and facts.occupation.strip().lower() in student_rules.occupations)
 
 ConsentKey = tuple[Channel, ConsentPurpose]
 
@@ -159,8 +211,9 @@ def contact_reasons(
 
 
 def offer_reasons(offer: OfferSubject, facts: CustomerFacts, contact_date: date,
-                  credit_declined: bool = False) -> list[Reason]:
-    """Reasons that depend on the offer (rules 3 to 5)."""
+                  credit_declined: bool = False, *, student_rules: StudentRules = NO_STUDENT_RULES,
+                  aml_case_open: bool = False) -> list[Reason]:
+    """Reasons that depend on the offer (rules 3 to 5, 9 and 10)."""
     reasons: list[Reason] = []
     credit = offer.product_type in CREDIT_PRODUCTS
     if credit:
@@ -177,6 +230,12 @@ def offer_reasons(offer: OfferSubject, facts: CustomerFacts, contact_date: date,
         reasons.append(Reason.UNSUITABLE)
     if facts.vulnerable and (credit or offer.risk_level >= VULNERABLE_MIN_DENIED_RISK_LEVEL):
         reasons.append(Reason.VULNERABLE_CUSTOMER)
+    if student_rules != NO_STUDENT_RULES and is_student(facts, student_rules) and (
+            (student_rules.deny_credit and credit)
+            or (student_rules.max_risk_level and offer.risk_level > student_rules.max_risk_level)):
+        reasons.append(Reason.STUDENT_RESTRICTED)
+    if aml_case_open and offer.product_type in AML_BLOCKED_PRODUCTS:
+        reasons.append(Reason.AML_CASE_OPEN)
     return reasons
 
 
@@ -240,7 +299,8 @@ def screening_signature(channel: Channel, contact_time: datetime, facts: Custome
         contact_date = contact_time.astimezone(zone or UTC).date()
         age_class = int(age_on(facts.birth_date, contact_date) >= ADULT_AGE)
     return (channel, contact_time, zone, consent_ok, tuple(policy_reasons(channel, contact_time, state, policy)),
-            age_class, facts.in_collections, facts.risk_tolerance, facts.vulnerable)
+            age_class, facts.in_collections, facts.risk_tolerance, facts.vulnerable, facts.student,
+            facts.occupation)
 
 
 def verdict_for(reasons: list[Reason] | tuple[Reason, ...]) -> Verdict:
@@ -255,11 +315,13 @@ def screen(
     request: ScreeningRequest, consents: Mapping[ConsentKey, ConsentRecord],
     quiet: QuietHours = DEFAULT_QUIET_HOURS, *, state: ContactState | None = None,
     policy: ContactPolicy = NO_POLICY, credit_declined: bool = False,
+    student_rules: StudentRules = NO_STUDENT_RULES, aml_case_open: bool = False,
 ) -> ScreeningResult:
     """Screens every offer of `request`. `consents` holds the latest record per (channel, purpose) of the
     customer; only the key `required_consent(request.channel)` is read by rule 1 (every MARKETING one by
     rule 7). `state` (do-not-contact, complaints, counted contacts) enables rules 6 to 8. `credit_declined`: the
-    champion credit model declined the customer (rule 3, credit products only)."""
+    champion credit model declined the customer (rule 3, credit products only). `student_rules`: rule 9;
+    `aml_case_open`: the customer has an active AML case (rule 10)."""
     if request.contact_time.tzinfo is None:
         raise ValueError("contact_time must be timezone-aware")
     common = contact_reasons(request.channel, request.contact_time, request.facts, consents, quiet)
@@ -273,7 +335,8 @@ def screen(
     contact_date = request.contact_time.astimezone(zone).date()
     verdicts = []
     for offer in request.offers:
-        reasons = tuple(dict.fromkeys([*common, *offer_reasons(offer, request.facts, contact_date,
-                                                               credit_declined)]))
+        reasons = tuple(dict.fromkeys([*common, *offer_reasons(
+            offer, request.facts, contact_date, credit_declined, student_rules=student_rules,
+            aml_case_open=aml_case_open)]))
         verdicts.append(OfferVerdict(offer.offer_id, verdict_for(reasons), reasons))
     return ScreeningResult(tuple(verdicts), POLICY_VERSION)

@@ -13,10 +13,12 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
+import pandas as pd
 import sqlalchemy.exc
 
 from services.platform.db import utcnow
@@ -25,8 +27,9 @@ from services.platform.idempotency import Codec, IdempotencyKey, run_idempotent
 from services.platform.masking import customer_token
 from services.platform.telemetry import ServiceMetrics, service_metrics
 from services.risk import audit, credit_support, fraud, rules
-from services.risk.credit import CreditDataError, CreditScore, PdModel, train_pd_model
+from services.risk.credit import CreditDataError, CreditScore, PdModel, label_from_events, train_pd_model
 from services.risk.db import (
+    AmlRepository,
     CreditModelRow,
     FraudEventRow,
     RiskUnitOfWork,
@@ -94,6 +97,28 @@ def _verdict_json(verdicts: Sequence[OfferVerdict]) -> list[dict[str, object]]:
 NO_STATE = ContactState()  # what risk holds about a customer it has no rows for; never mutated
 
 
+# --- event-based credit labels (TrainCreditModelRequest.event_label; docs/credit-risk.md) ----------------------
+
+# label event type -> the profile event kind it is read from
+LABEL_EVENT_KINDS = {"repayment_late": "repayment", "repayment": "repayment", "transaction": "transaction",
+                     "digital_activity": "digital_activity", "campaign_response": "campaign_response"}
+DEFAULT_MIN_DAYS_LATE = 90
+
+
+@dataclass(frozen=True)
+class EventLabel:
+    """A row is a default when its customer had `event_type` in (cutoff, cutoff + window_days]."""
+
+    event_type: str
+    cutoff: datetime
+    window_days: int
+    min_days_late: int = DEFAULT_MIN_DAYS_LATE
+
+
+# (customers, profile event kinds, after, until) -> events with customer_id, kind, occurred_at, days_late
+LabelEvents = Callable[[Collection[str], Collection[str], datetime, datetime], Awaitable[Sequence[Any]]]
+
+
 @dataclass(frozen=True)
 class _Screened:
     """One screening outcome of a batch, with its decision-row JSON encoded once and its counts."""
@@ -135,8 +160,14 @@ class RiskService:
                  quiet_hours: QuietHours = rules.DEFAULT_QUIET_HOURS,
                  policy: ContactPolicy | None = None,
                  clock: Callable[[], datetime] = utcnow, metrics: ServiceMetrics | None = None,
-                 fraud_policy: fraud.FraudPolicy | None = None) -> None:
+                 fraud_policy: fraud.FraudPolicy | None = None,
+                 student_rules: rules.StudentRules | None = None,
+                 label_events: LabelEvents | None = None) -> None:
         self.uow_factory = uow_factory
+        # profile's events, for event-based credit labels (clients.ProfileEventsClient.events)
+        self.label_events = label_events
+        # RISK_STUDENT_RULES (rules.py rule 9); None = the default restrictions.
+        self.student_rules = student_rules if student_rules is not None else rules.parse_student_rules(None)
         # RISK_FRAUD_* (fraud.py): read here from the environment until the service's settings carry them.
         self.fraud_policy = fraud_policy if fraud_policy is not None else fraud.policy_from({})
         self._anomaly_models: dict[int, fraud.AnomalyModel] = {}
@@ -185,6 +216,8 @@ class RiskService:
             )
             limits = await self._credit_limits(uow, offers, items, single=kind == "SCREEN")
             suspected = await self._fraud_suspected(uow, items, now)
+            # rule 10: customers with an active anti-money-laundering case (aml.py)
+            aml_blocked = await AmlRepository(uow.session).blocked_customers([item.customer_id for item in items])
             rows: list[dict[str, object]] = []
             digest = hashlib.sha256()
             denied = held = screenings = 0
@@ -197,14 +230,16 @@ class RiskService:
                 limit = limits.get(n)
                 declined = limit is not None and limit.declined
                 flagged = item.customer_id in suspected
+                aml_case = item.customer_id in aml_blocked
                 signature = (rules.screening_signature(item.channel, item.contact_time, item.facts, state,
-                                                       self.policy), item.offers, declined, flagged)
+                                                       self.policy), item.offers, declined, flagged, aml_case)
                 screened = memo.get(signature)
                 if screened is None:
                     request = ScreeningRequest(item.customer_id, item.channel, item.contact_time, item.facts,
                                                tuple(offers[i] for i in item.offers))
                     result = rules.screen(request, state.consents, self.quiet_hours, state=state,
-                                          policy=self.policy, credit_declined=declined)
+                                          policy=self.policy, credit_declined=declined,
+                                          student_rules=self.student_rules, aml_case_open=aml_case)
                     if flagged:
                         result = fraud.mark_suspected(result)
                     screened = memo[signature] = _Screened.of(result)
@@ -301,10 +336,14 @@ class RiskService:
 
     async def train_credit_model(self, rows: Sequence[credit_support.TrainingRow], *, features: Sequence[str],
                                  categorical: Sequence[str], training_window: Mapping[str, str], folds: int,
-                                 promote: bool, actor: str, key: IdempotencyKey | None) -> CreditModelInfo:
+                                 promote: bool, actor: str, key: IdempotencyKey | None,
+                                 label: EventLabel | None = None) -> CreditModelInfo:
         """Trains (in a worker thread), stores the version as challenger (or champion with `promote`), audits it.
-        A replay of the same request id returns the stored answer without training again."""
+        A replay of the same request id returns the stored answer without training again. With `label`, the
+        rows' defaults come from the customers' events in the window (read from profile first)."""
         trained: dict[str, PdModel] = {}
+        if label is not None:
+            rows = await self._label_rows(rows, label)
 
         async def train(uow: RiskUnitOfWork) -> CreditModelInfo:
             now = self.clock()
@@ -344,6 +383,26 @@ class RiskService:
         log.info("credit model trained", extra={"model_version": info.version, "rows": info.rows,
                                                 "auc": round(info.auc, 4)})
         return info
+
+    async def _label_rows(self, rows: Sequence[credit_support.TrainingRow],
+                          label: EventLabel) -> list[credit_support.TrainingRow]:
+        """The rows with `defaulted` set from profile's events (credit.labels.label_from_events)."""
+        if self.label_events is None:
+            raise FailedPrecondition("EVENT_SOURCE_UNAVAILABLE", "event labels need the profile service's events")
+        customers = [row.customer_id for row in rows]
+        end = label.cutoff + timedelta(days=label.window_days)
+        events = await self.label_events(customers, {LABEL_EVENT_KINDS[label.event_type]}, label.cutoff, end)
+        kept = [e for e in events if label.event_type != "repayment_late" or e.days_late >= label.min_days_late]
+        frame = pd.DataFrame({"customer_id": [e.customer_id for e in kept],
+                              "event_type": [label.event_type] * len(kept),
+                              "occurred_at": pd.to_datetime([e.occurred_at for e in kept], utc=True)})
+        try:
+            labels = label_from_events(frame, label.cutoff, label.window_days, label.event_type, customers=customers)
+        except CreditDataError as exc:
+            raise InvalidArgument.field(f"event_label.{exc.field}", exc.description, reason=exc.reason) from exc
+        log.info("credit labels from events", extra={"rows": len(rows), "defaults": int(labels.sum()),
+                                                     "event_type": label.event_type})
+        return [dataclasses.replace(row, defaulted=bool(labels[row.customer_id])) for row in rows]
 
     async def list_credit_models(self, before_ordinal: int | None, page_size: int
                                  ) -> tuple[list[CreditModelInfo], int | None]:

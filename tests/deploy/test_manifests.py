@@ -427,9 +427,10 @@ def test_runtime_environment_contract(objs):
         assert exporters[0] == "value" and set(exporters[1].split(",")) == {"otlp", "prometheus"}, svc
         stray = {k for k in env if k.endswith("_SERVICE_ADDR")} - set(DEPENDENCY_ENV[svc])
         assert not stray, f"{svc}: addresses outside the call graph: {stray}"
-        if svc == "gateway":
-            kind, _ = env.get("GATEWAY_ADMIN_TOKEN", (None, None))
-            assert kind == "secretKeyRef", "gateway: GATEWAY_ADMIN_TOKEN must come from a Secret"
+        if svc in ("gateway", "risk"):  # risk: data-subject requests call the gateway's DataSubjectService
+            kind, ref = env.get("GATEWAY_ADMIN_TOKEN", (None, None))
+            assert kind == "secretKeyRef", f"{svc}: GATEWAY_ADMIN_TOKEN must come from a Secret"
+            assert ref == ("gateway-admin-token", "token"), f"{svc}: GATEWAY_ADMIN_TOKEN"
 
 
 def test_no_secrets_in_configmaps(objs):

@@ -1,0 +1,194 @@
+"""Data-subject requests, campaign's half (lodestar.common.v1.DataSubjectService; risk drives it).
+
+Campaign holds outcomes that the bank's aggregates are made of (decisions, contacts and responses per campaign,
+arm and offer), so erasure does not delete them: every row of every table with a `customer_id` column
+(decisions, campaign history, outbox, responses, arm assignments, trigger firings, and any table added later:
+found in the models' metadata) gets the customer id replaced by ONE random pseudonym (`erased-<hex>`, stored
+nowhere, so it cannot be reversed), and so do the delivery keys that embed the id (`<launch>:<customer>`, in
+every table with a `delivery_key` column). What describes the person rather than the outcome is cleared: the
+decision snapshot (attributes, region, age) and the history row's context. Launch partitions store every
+member's assignment in a compressed blob: the blobs that hold the customer are rewritten with the pseudonym.
+Stored idempotent responses holding the customer id are deleted. One transaction, recorded under the request id:
+a retry replays the same receipt. Counts per campaign, arm and offer are unchanged by construction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+from opentelemetry import trace
+from sqlalchemy import Table, func, or_, select, update
+
+from lodestar.common.v1 import data_subject_pb2 as pb
+from lodestar.common.v1 import data_subject_pb2_grpc as pbg
+from services.campaign import batch_decisions
+from services.campaign.db import Base, BatchDecisionRow, IdempotencyKey, LaunchPartitionRow
+from services.campaign.launch import PartitionResult
+from services.platform.data_subject import canonical, json_value, receipt_digest, scrub_idempotency_keys
+from services.platform.db import Database, UnitOfWork, utcnow
+from services.platform.errors import InvalidArgument
+from services.platform.idempotency import Codec, key_for, run_idempotent
+from services.platform.masking import customer_token
+from services.platform.telemetry import ATTR_CUSTOMER_TOKEN
+from services.platform.timestamps import to_timestamp
+from services.platform.validation import check_id
+
+SERVICE = "campaign"
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DataSubjectService"].full_name
+ERASE_METHOD = f"/{SERVICE_NAME}/EraseCustomerData"
+# Columns describing the person, cleared on erasure (the outcome columns stay).
+CLEARED: dict[str, dict[str, Any]] = {"decisions": {"snapshot": None}, "campaign_history": {"context": {}}}
+ASSIGNMENTS = "launch_assignments"
+
+
+def new_pseudonym() -> str:
+    return batch_decisions.PSEUDONYM_PREFIX + secrets.token_hex(12)
+
+
+def customer_tables() -> list[Table]:
+    return sorted((t for t in Base.metadata.tables.values() if "customer_id" in t.c), key=lambda t: t.name)
+
+
+def delivery_key_tables() -> list[Table]:
+    return sorted((t for t in Base.metadata.tables.values() if "delivery_key" in t.c), key=lambda t: t.name)
+
+
+def _like_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _replace_id(ids: np.ndarray, customer_id: str, pseudonym: str) -> tuple[np.ndarray, int]:
+    values = [str(v) for v in ids.tolist()]
+    hits = sum(1 for v in values if v == customer_id)
+    if not hits:
+        return ids, 0
+    return np.array([pseudonym if v == customer_id else v for v in values], dtype=str), hits
+
+
+@dataclass
+class CampaignDataSubject:
+    database: Database
+
+    def _uow(self) -> UnitOfWork:
+        return UnitOfWork(self.database)
+
+    async def _partitions(self, uow: UnitOfWork, customer_id: str) -> list[LaunchPartitionRow]:
+        """The done partitions whose id range covers the customer (their blob may hold it)."""
+        return list(await uow.session.scalars(
+            select(LaunchPartitionRow).where(LaunchPartitionRow.results.is_not(None),
+                                             LaunchPartitionRow.first_id <= customer_id,
+                                             LaunchPartitionRow.last_id >= customer_id)
+            .order_by(LaunchPartitionRow.id)))
+
+    async def export(self, customer_id: str, counts_only: bool = False) -> pb.ExportCustomerDataResponse:
+        sections = []
+        async with self._uow() as uow:
+            for table in customer_tables():
+                rows = (await uow.session.execute(
+                    select(table).where(table.c.customer_id == customer_id)
+                    .order_by(*table.primary_key.columns))).mappings().all()
+                if rows:
+                    document = "" if counts_only else canonical(
+                        [{k: json_value(v) for k, v in row.items()} for row in rows])
+                    sections.append(pb.DataSection(name=table.name, json_document=document,
+                                                   record_count=len(rows)))
+            assignments = []
+            for partition in await self._partitions(uow, customer_id):
+                result = PartitionResult.from_blob(partition.results or b"")
+                for member, group in zip(result.member_ids.tolist(), result.groups.tolist(), strict=True):
+                    if str(member) == customer_id:
+                        assignments.append({"launch_id": partition.launch_id, "partition": partition.number,
+                                            "group": "control" if int(group) < 0 else f"arm {int(group)}",
+                                            "treated": str(member) in set(result.candidate_ids.tolist())})
+            if assignments:
+                sections.append(pb.DataSection(name=ASSIGNMENTS, json_document="" if counts_only else canonical(
+                    assignments), record_count=len(assignments)))
+        digest = hashlib.sha256(canonical([[s.name, s.json_document, s.record_count] for s in sections]).encode())
+        return pb.ExportCustomerDataResponse(service=SERVICE, sections=sections, digest=digest.hexdigest(),
+                                             export_time=to_timestamp(utcnow()))
+
+    async def _erase(self, uow: UnitOfWork, customer_id: str, request_id: str) -> pb.ErasureReceipt:
+        pseudonym = new_pseudonym()
+        tables: list[pb.TableReceipt] = []
+        for table in delivery_key_tables():
+            # Delivery keys embed the customer as "<launch>:<customer>" (or "...:<customer>:..."): rewritten first,
+            # while the rows still carry the id.
+            column = table.c.delivery_key
+            escaped = _like_escape(customer_id)
+            result = await uow.session.execute(
+                update(table).where(or_(column.like(f"%:{escaped}", escape="\\"),
+                                        column.like(f"%:{escaped}:%", escape="\\")))
+                .values(delivery_key=_rewrite_key(column, customer_id, pseudonym)))
+            count = max(result.rowcount or 0, 0)  # type: ignore[attr-defined]
+            if count and "customer_id" not in table.c:
+                tables.append(pb.TableReceipt(table=table.name, rows_pseudonymised=count,
+                                              note="delivery keys rewritten"))
+        for table in customer_tables():
+            values: dict[str, Any] = {"customer_id": pseudonym}
+            values.update({k: v for k, v in CLEARED.get(table.name, {}).items() if k in table.c})
+            result = await uow.session.execute(
+                update(table).where(table.c.customer_id == customer_id).values(**values))
+            tables.append(pb.TableReceipt(table=table.name, rows_pseudonymised=max(result.rowcount or 0, 0),  # type: ignore[attr-defined]
+                                          note="customer replaced by a one-way pseudonym"))
+        rewritten = 0
+        for partition in await self._partitions(uow, customer_id):
+            stored = PartitionResult.from_blob(partition.results or b"")
+            stored.member_ids, hits = _replace_id(stored.member_ids, customer_id, pseudonym)
+            stored.candidate_ids, _ = _replace_id(stored.candidate_ids, customer_id, pseudonym)
+            first, last = batch_decisions.narrowed_bounds(partition.first_id, partition.last_id, customer_id,
+                                                          [str(v) for v in stored.member_ids.tolist()])
+            boundary = {k: v for k, v in (("first_id", first), ("last_id", last)) if getattr(partition, k) != v}
+            if hits or boundary:
+                await uow.session.execute(update(LaunchPartitionRow).where(LaunchPartitionRow.id == partition.id)
+                                          .values(results=stored.to_blob(), **boundary))
+                rewritten += 1
+        tables.append(pb.TableReceipt(table=LaunchPartitionRow.__tablename__, rows_pseudonymised=rewritten,
+                                      note="assignments rewritten with the pseudonym"))
+        documents = await batch_decisions.erase_customer(uow, customer_id, pseudonym)  # type: ignore[arg-type]
+        tables.append(pb.TableReceipt(table=BatchDecisionRow.__tablename__, rows_pseudonymised=documents,
+                                      note="batch decision records: id pseudonymised, snapshot values cleared"))
+        scrubbed = await scrub_idempotency_keys(uow, IdempotencyKey, [customer_id])
+        tables.append(pb.TableReceipt(table=IdempotencyKey.__tablename__, rows_deleted=scrubbed,
+                                      note="stored responses holding the customer"))
+        receipt = pb.ErasureReceipt(service=SERVICE, request_id=request_id, tables=tables,
+                                    erase_time=to_timestamp(utcnow()))
+        receipt.digest = receipt_digest(receipt)
+        return receipt
+
+    async def erase(self, request: pb.EraseCustomerDataRequest) -> pb.ErasureReceipt:
+        key = key_for(ERASE_METHOD, request)
+        codec: Codec[pb.ErasureReceipt] = Codec(lambda r: r.SerializeToString(), pb.ErasureReceipt.FromString)
+        return await run_idempotent(self._uow, IdempotencyKey, key, codec,
+                                    lambda uow: self._erase(uow, request.customer_id, request.request_id))
+
+
+def _rewrite_key(column: Any, customer_id: str, pseudonym: str) -> Any:
+    return func.replace(column, ":" + customer_id, ":" + pseudonym)
+
+
+def check_request(customer_id: str, request_id: str, *, required: bool) -> None:
+    check_id(customer_id, "customer_id")
+    if required and not request_id:
+        raise InvalidArgument.field("request_id", "is required", reason="REQUIRED_FIELD_MISSING")
+    trace.get_current_span().set_attribute(ATTR_CUSTOMER_TOKEN, customer_token(customer_id))
+
+
+class DataSubjectHandlers(pbg.DataSubjectServiceServicer):
+    def __init__(self, service: CampaignDataSubject) -> None:
+        self.service = service
+
+    async def ExportCustomerData(self, request: pb.ExportCustomerDataRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.ExportCustomerDataResponse:
+        check_request(request.customer_id, request.request_id, required=False)
+        key_for(ERASE_METHOD, request)  # checks the request id's form
+        return await self.service.export(request.customer_id, request.counts_only)
+
+    async def EraseCustomerData(self, request: pb.EraseCustomerDataRequest,
+                                context: grpc.aio.ServicerContext) -> pb.EraseCustomerDataResponse:
+        check_request(request.customer_id, request.request_id, required=True)
+        return pb.EraseCustomerDataResponse(receipt=await self.service.erase(request))
