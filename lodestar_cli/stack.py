@@ -12,6 +12,13 @@ campaign). A port of 0 means "any free port": the service writes the port it bou
 read before the next service starts. Risk calls campaign and gateway only for later features; it gets their
 *configured* ports, or no address at all (the service default) when those are 0, since they start after it.
 
+Unless `delivery_sinks=False`, the stack also starts the local delivery stand-ins before the services: the
+provider simulator (SMS, app push, WeChat; `services.campaign.channels.simulator`) and the SMTP sink
+(`services.campaign.channels.smtp_sink`), each on a free port with its output in `<data_dir>/logs/`, and points
+the campaign service's dispatcher at them (CAMPAIGN_PROVIDER_URL, CAMPAIGN_SMTP_HOST/PORT, call lists under
+`<data_dir>/exports`), so that `make run`'s demo really delivers (docs/delivery.md). A variable set in the
+caller's environment or extra_env wins.
+
 Nothing printed here carries personal data: only service names, addresses, exit codes and the tails of the
 services' own (already redacted) logs.
 """
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -104,6 +112,7 @@ class Stack:
         *,
         host: str = "127.0.0.1",
         python: str = sys.executable,
+        delivery_sinks: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         merged = dict(DEFAULT_PORTS)
@@ -122,6 +131,10 @@ class Stack:
         # Filled in as each service binds: service -> "host:port".
         self.addresses: dict[str, str] = {}
         self._processes: dict[str, _Process] = {}
+        self.delivery_sinks = delivery_sinks
+        # The delivery stand-ins once started: "provider" -> "http://127.0.0.1:<port>", "smtp" -> "127.0.0.1:<port>".
+        self.sink_addresses: dict[str, str] = {}
+        self._sinks: dict[str, _Process] = {}
 
     # -- paths ---------------------------------------------------------------------------------------------
 
@@ -171,8 +184,58 @@ class Stack:
             address = self._address_for(dependency)
             if address:
                 env[_service_env_name(dependency)] = address
+        if service == "campaign" and self.sink_addresses:
+            smtp_host, _, smtp_port = self.sink_addresses["smtp"].rpartition(":")
+            for name, value in (("CAMPAIGN_PROVIDER_URL", self.sink_addresses["provider"]),
+                                ("CAMPAIGN_SMTP_HOST", smtp_host), ("CAMPAIGN_SMTP_PORT", smtp_port),
+                                ("CAMPAIGN_CALL_LIST_DIR", str(self.data_dir / "exports"))):
+                env.setdefault(name, value)
         env.update(self.extra_env)
         return env
+
+    # -- the delivery stand-ins ----------------------------------------------------------------------------
+
+    SINK_MODULES: dict[str, tuple[str, str]] = {
+        "provider": ("services.campaign.channels.simulator", "simulator"),
+        "smtp": ("services.campaign.channels.smtp_sink", "smtp_sink"),
+    }
+
+    def _start_sinks(self, deadline: float) -> None:
+        """The provider simulator and the SMTP sink on free ports; their first output line names the address."""
+        for name, (module, key) in self.SINK_MODULES.items():
+            log_path = self.data_dir / "logs" / f"{key}.log"
+            log_handle = log_path.open("wb")  # fresh: the address is read from the first line
+            try:
+                popen = subprocess.Popen(  # noqa: S603  # nosec B603 - our own interpreter and module, no shell
+                    [self.python, "-m", module, "--port", "0"], env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    stdin=subprocess.DEVNULL, stdout=log_handle, stderr=log_handle, start_new_session=True)
+            except BaseException:
+                log_handle.close()
+                raise
+            self._sinks[name] = _Process(key, popen, log_path, log_handle)
+            while True:
+                with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
+                    first = log_path.read_text(encoding="utf-8").splitlines()[0]
+                    self.sink_addresses[name] = str(json.loads(first)[key])
+                    break
+                if popen.poll() is not None or time.monotonic() > deadline:
+                    raise StackError(f"the {key} did not start; log: {log_path}\n{tail(log_path)}")
+                time.sleep(0.05)
+
+    def _stop_sinks(self) -> None:
+        for process in self._sinks.values():
+            if process.popen.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.popen.send_signal(signal.SIGTERM)
+        for process in self._sinks.values():
+            try:
+                process.popen.wait(5)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    process.popen.kill()
+                process.popen.wait()
+            process.log_handle.close()
+        self._sinks.clear()
 
     def start(self, timeout: float = 60.0) -> None:
         """Launches the four services in dependency order; returns once each has bound its port."""
@@ -185,6 +248,8 @@ class Stack:
         atexit.register(self.stop)
         deadline = time.monotonic() + timeout
         try:
+            if self.delivery_sinks:
+                self._start_sinks(deadline)
             for service in START_ORDER:
                 self._launch(service)
                 self.addresses[service] = f"{self.host}:{self._wait_port(service, deadline)}"
@@ -308,6 +373,7 @@ class Stack:
                 codes[process.service] = process.popen.wait()
             process.log_handle.close()
         self._processes.clear()
+        self._stop_sinks()
         with contextlib.suppress(FileNotFoundError):
             self.admin_token_file.unlink()
         return codes

@@ -69,11 +69,12 @@ def cmd_get(ctx: Context) -> int:
     with ctx.channel("campaign") as channel:
         stub = campaign_service_pb2_grpc.CampaignServiceStub(channel)
         launch = _get(stub, name, ctx.timeout)
-        if ctx.args.watch and launch.state != launch_pb2.LAUNCH_STATE_DONE:
+        finished = (launch_pb2.LAUNCH_STATE_DONE, launch_pb2.LAUNCH_STATE_CANCELLED)
+        if ctx.args.watch and launch.state not in finished:
             show = not ctx.as_json and sys.stderr.isatty()
             bar = tqdm(total=launch.progress.partitions_total or None, unit="partition", file=sys.stderr,
                        disable=not show, desc="selecting")
-            while launch.state != launch_pb2.LAUNCH_STATE_DONE:
+            while launch.state not in finished:
                 time.sleep(ctx.args.interval)
                 launch = _get(stub, name, ctx.timeout)
                 bar.total = launch.progress.partitions_total or bar.total

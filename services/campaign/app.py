@@ -10,19 +10,43 @@ from pathlib import Path
 import grpc
 
 from lodestar.campaign.v1 import campaign_service_pb2, campaign_service_pb2_grpc
+from lodestar.common.v1 import data_subject_pb2, data_subject_pb2_grpc
 from services.campaign.clients import ProfileClient, RiskClient, SegmentClient
+from services.campaign.data_subject import CampaignDataSubject, DataSubjectHandlers
 from services.campaign.db import CampaignUnitOfWork
+from services.campaign.delivery_handlers import (
+    DELIVERY_SERVICE_NAMES,
+    DELIVERY_SETTINGS,
+    check_delivery_settings,
+    wire_delivery,
+)
 from services.campaign.handlers import CampaignHandlers
 from services.campaign.launch import LaunchService
 from services.campaign.learning import LearningService
 from services.campaign.lifecycle import CampaignLifecycle
+from services.campaign.personalisation_app import PERSONALISATION_SERVICE_NAMES, wire_personalisation
+from services.campaign.response_handlers import RESPONSE_SERVICE_NAMES, RESPONSE_SETTINGS, wire_responses
+from services.campaign.response_handlers import check_settings as check_response_settings
 from services.campaign.service import CampaignService
+from services.campaign.triggers_app import (
+    TRIGGER_SERVICE_NAMES,
+    TRIGGER_SETTINGS,
+    check_trigger_settings,
+    wire_reports,
+    wire_triggers,
+)
 from services.platform.config import ConfigError, ServiceSettings
 from services.platform.server import Runtime, ServiceDefinition
 
 log = logging.getLogger("lodestar.campaign")
 
-SERVICE_NAMES = (campaign_service_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name,)
+SERVICE_NAMES: tuple[str, ...] = (campaign_service_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name,
+                                  data_subject_pb2.DESCRIPTOR.services_by_name["DataSubjectService"].full_name)
+
+SERVICE_NAMES = (*SERVICE_NAMES, *TRIGGER_SERVICE_NAMES)  # TriggerService (triggers_app.py)
+SERVICE_NAMES = (*SERVICE_NAMES, *RESPONSE_SERVICE_NAMES)  # ResponseService (response_handlers.py)
+SERVICE_NAMES = (*SERVICE_NAMES, *PERSONALISATION_SERVICE_NAMES)  # Recommendation, Pricing (issue 10)
+SERVICE_NAMES = (*SERVICE_NAMES, *DELIVERY_SERVICE_NAMES)  # DeliveryService + the dispatcher (delivery_handlers.py)
 
 
 async def register(server: grpc.aio.Server, runtime: Runtime) -> None:
@@ -42,8 +66,20 @@ async def register(server: grpc.aio.Server, runtime: Runtime) -> None:
     launches = LaunchService(lambda: CampaignUnitOfWork(runtime.database), segments, batch_risk, champions=learning,
                              partition_size=int(runtime.settings.extra.get(PARTITION_SIZE, DEFAULT_PARTITION_SIZE)))
     runtime.components["launches"] = launches
+    # Responses, Thompson sampling in Decide and launches, the learning loop (response_handlers.py).
+    wire_responses(server, runtime, service, launches, learning)
+    # Cross-sell, churn and pricing; their Decide hook (personalisation_app.py).
+    wire_personalisation(server, runtime, service, deps["profile"], deps["risk"])
+    # Global holdout, launch cancellation, triggered campaigns (triggers_app.py).
+    wire_triggers(server, runtime, service, launches, profile_address=deps["profile"])
+    wire_reports(server, runtime, lifecycle, segments, profile)
     campaign_service_pb2_grpc.add_CampaignServiceServicer_to_server(
         CampaignHandlers(service, lifecycle, learning, launches), server)
+    # Outbox -> channel adapters, status callbacks, dead letters (delivery_handlers.py, dispatch.py).
+    wire_delivery(server, runtime)
+    # Data-subject requests (access, erasure), driven by risk (data_subject.py).
+    data_subject_pb2_grpc.add_DataSubjectServiceServicer_to_server(
+        DataSubjectHandlers(CampaignDataSubject(runtime.database)), server)
     scheduler = asyncio.create_task(_run_scheduler(lifecycle, float(runtime.settings.extra.get(
         SCHEDULER_INTERVAL, DEFAULT_SCHEDULER_INTERVAL_SECONDS))))
 
@@ -99,6 +135,9 @@ async def _run_launch_worker(launches: LaunchService, interval: float) -> None:
 
 
 def _check_settings(settings: ServiceSettings) -> None:
+    check_trigger_settings(settings)
+    check_response_settings(settings)
+    check_delivery_settings(settings)
     for name in (SCHEDULER_INTERVAL, LAUNCH_INTERVAL):
         raw = settings.extra.get(name)
         if raw is None:
@@ -120,6 +159,7 @@ DEFINITION = ServiceDefinition(
     migrations=Path(__file__).parent / "migrations",
     register=register,
     dependencies=("profile", "risk"),
-    extra_settings=(SCHEDULER_INTERVAL, LAUNCH_INTERVAL, PARTITION_SIZE),
+    extra_settings=(*TRIGGER_SETTINGS, *RESPONSE_SETTINGS, *DELIVERY_SETTINGS, SCHEDULER_INTERVAL, LAUNCH_INTERVAL,
+                    PARTITION_SIZE),
     validate_settings=_check_settings,
 )

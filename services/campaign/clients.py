@@ -22,7 +22,7 @@ from lodestar.profile.v1 import (
     segment_service_pb2,
     segment_service_pb2_grpc,
 )
-from lodestar.risk.v1 import content_pb2, risk_service_pb2_grpc, screening_pb2
+from lodestar.risk.v1 import contact_policy_pb2, content_pb2, risk_service_pb2_grpc, screening_pb2
 from services.campaign.domain import CustomerSnapshot, Offer, ScreenResult, Verdict
 from services.campaign.scoring import tolerance_level
 from services.platform.clients import ServiceClient, call_timeout, translate_rpc_error
@@ -235,3 +235,54 @@ def customer_facts(region: str, time_zone: str, attributes: dict[str, Any]) -> s
         risk_tolerance=_TOLERANCE.get(level or 0, common_pb2.RISK_TOLERANCE_UNSPECIFIED),
         in_collections=attributes.get("in_collections") is True,
         vulnerable=attributes.get("vulnerable") is True)
+
+
+# --- delivery (dispatch.py): the customer's contact points and risk's contact reservations ---------------------
+
+
+@dataclass(frozen=True)
+class CustomerContact:
+    """What a message to one customer needs: the snapshot risk screens plus the contact points and the name.
+    Personal data: never logged (dispatch.py logs masking.customer_token only)."""
+
+    snapshot: CustomerSnapshot
+    full_name: str
+    email: str
+    phone: str
+
+
+@dataclass(frozen=True)
+class ReservationResult:
+    granted: bool
+    state: str  # RESERVED, CONFIRMED, RELEASED, EXPIRED ("" when not granted)
+    exceeded_caps: tuple[str, ...] = ()
+
+
+async def get_contact(profile: ProfileClient, customer_id: str) -> CustomerContact:
+    """GetCustomer with the contact points kept (NOT_FOUND when profile does not know the customer)."""
+    response = await profile.call(
+        profile.stub.GetCustomer, profile_service_pb2.GetCustomerRequest(name=f"customers/{customer_id}"))
+    customer = response.customer
+    return CustomerContact(_snapshot(customer), customer.full_name, customer.email, customer.phone)
+
+
+async def reserve_contact(risk: RiskClient, delivery_key: str, customer_id: str, channel: int,
+                          contact_time: datetime) -> ReservationResult:
+    """ReserveContact: idempotent per delivery key (a second call returns the first reservation)."""
+    when = timestamp_pb2.Timestamp()
+    when.FromDatetime(contact_time)
+    response = await risk.call(risk.stub.ReserveContact, contact_policy_pb2.ReserveContactRequest(
+        delivery_key=delivery_key, customer_id=customer_id, channel=channel, contact_time=when))  # type: ignore[arg-type]
+    state = ""
+    if response.HasField("reservation"):
+        state = contact_policy_pb2.ReservationState.Name(response.reservation.state).removeprefix(
+            "RESERVATION_STATE_")
+    return ReservationResult(response.granted, state, tuple(response.exceeded_caps))
+
+
+async def confirm_contact(risk: RiskClient, delivery_key: str) -> None:
+    await risk.call(risk.stub.ConfirmContact, contact_policy_pb2.ConfirmContactRequest(delivery_key=delivery_key))
+
+
+async def release_contact(risk: RiskClient, delivery_key: str) -> None:
+    await risk.call(risk.stub.ReleaseContact, contact_policy_pb2.ReleaseContactRequest(delivery_key=delivery_key))

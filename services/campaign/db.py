@@ -10,6 +10,7 @@ from sqlalchemy import (
     Boolean,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -87,6 +88,8 @@ class CampaignRow(Base):
     capacities: Mapped[list[Any]] = mapped_column(JSON, default=list)
     control_share: Mapped[float] = mapped_column(Float, default=0.0)
     arms: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # "FIXED_SHARES" or "THOMPSON_SAMPLING" (bandit.py; revision 0007).
+    arm_selection: Mapped[str] = mapped_column(String(24), default="FIXED_SHARES", server_default="FIXED_SHARES")
     created_by: Mapped[str] = mapped_column(String(128))
     approved_by: Mapped[str] = mapped_column(String(128), default="")
     version: Mapped[int] = mapped_column(Integer, default=1)
@@ -225,6 +228,49 @@ class OutboxRow(Base):
     create_time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
+# --- delivery (issue 6: services/campaign/dispatch.py, delivery_handlers.py; revision 0006) -------------------
+# The dispatcher's queue state lives in its own table keyed by the outbox row's delivery key; OutboxRow only gets
+# an index on (state, id) so that "PENDING rows not yet taken by the dispatcher" is found without a scan.
+Index("ix_campaign_outbox_state_id", OutboxRow.state, OutboxRow.id)
+
+
+class DeliveryRow(Base):
+    """One outbox message as the dispatcher drives it: QUEUED (due at next_attempt_time) -> SENDING (claimed,
+    lease) -> SENT (the provider accepted it) or DEAD (dead letter, with its reason). `in_flight` is set, and
+    committed, just before the provider is called: from then on a send may have happened, so the delivery is
+    only ever completed by re-sending under the same idempotency key, never re-decided (dispatch.py)."""
+
+    __tablename__ = "campaign_deliveries"
+
+    delivery_key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    outbox_id: Mapped[int] = mapped_column(Integer, unique=True)
+    launch_id: Mapped[str] = mapped_column(String(32), index=True)
+    channel: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    next_attempt_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    in_flight: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    deferrals: Mapped[int] = mapped_column(Integer, default=0)
+    reservation_generation: Mapped[int] = mapped_column(Integer, default=0)
+    last_reason: Mapped[str] = mapped_column(String(64), default="")
+    provider_message_id: Mapped[str] = mapped_column(String(200), default="", index=True)
+    sent_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    dead_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    # Status callbacks (RecordDeliveryStatus): the first of each kind counts, later ones are ignored and counted.
+    delivery_status: Mapped[str] = mapped_column(String(16), default="")
+    delivery_status_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    opened_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    clicked_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    ignored_callbacks: Mapped[int] = mapped_column(Integer, default=0)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    update_time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+Index("ix_campaign_deliveries_state_next_attempt_time", DeliveryRow.state, DeliveryRow.next_attempt_time)
+
+
 def _offer(row: OfferRow) -> Offer:
     return Offer(
         offer_id=row.offer_id, title=row.title, product_type=row.product_type, risk_level=row.risk_level,
@@ -285,6 +331,7 @@ def _campaign(row: CampaignRow, history: list[CampaignStateChangeRow]) -> Campai
         start_time=row.start_time, end_time=row.end_time, budget=row.budget,
         capacities={int(c): int(n) for c, n in row.capacities or []}, control_share=row.control_share,
         arms=[Arm(a["arm_id"], a["share"], a["content"]) for a in row.arms or []], created_by=row.created_by,
+        arm_selection=row.arm_selection or "FIXED_SHARES",
         approved_by=row.approved_by, version=row.version, create_time=row.create_time, update_time=row.update_time,
         history=[StateChange(h.from_state, h.to_state, h.actor, h.reason, h.change_time) for h in history],
     )
@@ -297,6 +344,7 @@ def _write_fields(row: CampaignRow, campaign: Campaign) -> None:
     row.capacities = [[c, n] for c, n in sorted(campaign.capacities.items())]
     row.control_share = campaign.control_share
     row.arms = [{"arm_id": a.arm_id, "share": a.share, "content": a.content} for a in campaign.arms]
+    row.arm_selection = campaign.arm_selection
 
 
 class CampaignRepository:
@@ -373,3 +421,188 @@ class CampaignUnitOfWork(UnitOfWork):
         self.offers = OfferRepository(self.session)
         self.decisions = DecisionRepository(self.session)
         self.campaigns = CampaignRepository(self.session)
+
+
+# --- responses, real-time arm assignments and the learning loop (responses.py, bandit.py, learning_loop.py;
+# revision 0007) ------------------------------------------------------------------------------------------------
+
+
+class ResponseRow(Base):
+    """One attributed response. The uniqueness key (campaign, customer, outcome) makes it the single place an
+    outcome is counted: a retry, a repeated callback or a second source of the same outcome is a DUPLICATE."""
+
+    __tablename__ = "campaign_responses"
+    __table_args__ = (UniqueConstraint("campaign_id", "customer_id", "outcome"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    campaign_id: Mapped[str] = mapped_column(String(128), index=True)
+    # The arm, or "control".
+    arm_id: Mapped[str] = mapped_column(String(64))
+    customer_id: Mapped[str] = mapped_column(String(128))
+    offer_id: Mapped[str] = mapped_column(String(128), default="")
+    # "OPENED", "CLICKED", "APPLIED" or "CONVERTED".
+    outcome: Mapped[str] = mapped_column(String(16))
+    response_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    # The UTC day of response_time (YYYY-MM-DD): daily counts group on it, the same SQL on every backend.
+    response_day: Mapped[str] = mapped_column(String(10))
+    contact_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    revenue: Mapped[float] = mapped_column(Float, default=0.0)
+    currency_code: Mapped[str] = mapped_column(String(3), default="")
+    delivery_key: Mapped[str] = mapped_column(String(200), default="")
+    decision_id: Mapped[str] = mapped_column(String(32), default="")
+    event_id: Mapped[str] = mapped_column(String(200), default="")
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class ArmAssignmentRow(Base):
+    """A real-time (Decide) arm assignment of a customer in a campaign choosing arms by Thompson sampling:
+    sticky (the first one holds), with the probability the arm was picked with."""
+
+    __tablename__ = "campaign_arm_assignments"
+    __table_args__ = (UniqueConstraint("campaign_id", "customer_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    campaign_id: Mapped[str] = mapped_column(String(128), index=True)
+    customer_id: Mapped[str] = mapped_column(String(128), index=True)
+    arm_id: Mapped[str] = mapped_column(String(64))
+    offer_id: Mapped[str] = mapped_column(String(128))
+    channel: Mapped[int] = mapped_column(Integer, default=0)
+    probability: Mapped[float] = mapped_column(Float)
+    decision_id: Mapped[str] = mapped_column(String(32))
+    assign_time: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class LearningRunRow(Base):
+    """The learning loop's record of a finished campaign turned into history and a challenger model: claimed
+    with a lease (like launches), DONE once; what makes the loop idempotent across replicas and restarts."""
+
+    __tablename__ = "campaign_learning_runs"
+
+    campaign_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    history_rows: Mapped[int] = mapped_column(Integer, default=0)
+    model_versions: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    status_message: Mapped[str] = mapped_column(Text, default="")
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    done_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+# --- triggered campaigns, the global holdout, fairness justifications (triggers.py, holdout.py, fairness) ------
+
+
+class CampaignTriggerRow(Base):
+    """A campaign's trigger: a condition over one profile event (docs/triggers.md)."""
+
+    __tablename__ = "campaign_triggers"
+
+    campaign_id: Mapped[str] = mapped_column(ForeignKey("campaigns.campaign_id", ondelete="CASCADE"),
+                                             primary_key=True)
+    condition: Mapped[str] = mapped_column(Text)
+    canonical_condition: Mapped[str] = mapped_column(Text)
+    dedupe_hours: Mapped[int] = mapped_column(Integer)
+    actor: Mapped[str] = mapped_column(String(128))
+    update_time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class TriggerFiringRow(Base):
+    """What a trigger did with one matching event: FIRED (an outbox row), DEDUPED, NO_OFFER, CONTROL,
+    GLOBAL_HOLDOUT or CUSTOMER_UNKNOWN. One per (campaign, event): the feed may deliver an event twice after a
+    crash, the firing is written once."""
+
+    __tablename__ = "campaign_trigger_firings"
+    __table_args__ = (UniqueConstraint("campaign_id", "event_id"),
+                      Index("ix_campaign_trigger_firings_dedupe", "campaign_id", "customer_id", "fire_time"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    campaign_id: Mapped[str] = mapped_column(String(128))
+    event_id: Mapped[str] = mapped_column(String(128))
+    customer_id: Mapped[str] = mapped_column(String(128))
+    outcome: Mapped[str] = mapped_column(String(24))
+    decision_id: Mapped[str] = mapped_column(String(32), default="")
+    delivery_key: Mapped[str] = mapped_column(String(300), default="")
+    fire_time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class FeedCursorRow(Base):
+    """How far this service has followed another service's feed (profile's events). Advanced in the transaction
+    that writes what the events caused, so a restart neither skips nor repeats; one replica follows at a time
+    (claimed_by + lease_until)."""
+
+    __tablename__ = "campaign_feed_cursors"
+
+    feed: Mapped[str] = mapped_column(String(64), primary_key=True)
+    cursor: Mapped[str] = mapped_column(Text, default="")
+    claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    status_message: Mapped[str] = mapped_column(Text, default="")
+    update_time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+# --- cross-sell, churn and pricing (issue 10: recommend.py, churn.py, pricing.py, personalisation.py; revision
+# 0009). Versions of the cross-sell recommender and of the churn model (artefacts as JSON / LightGBM text, never
+# pickle), and the approved price band of an offer with its fitted price response.
+class CrossSellModelRow(Base):
+    __tablename__ = "cross_sell_models"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    artifact: Mapped[bytes] = mapped_column(LargeBinary)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class ChurnModelRow(Base):
+    __tablename__ = "churn_models"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    features: Mapped[list[Any]] = mapped_column(JSON)
+    cutoff_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    horizon_days: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    algorithm: Mapped[str] = mapped_column(String(64))
+    artifact: Mapped[bytes] = mapped_column(LargeBinary)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class PriceBandRow(Base):
+    __tablename__ = "offer_price_bands"
+
+    offer_id: Mapped[str] = mapped_column(ForeignKey("offers.offer_id", ondelete="CASCADE"), primary_key=True)
+    rate_min: Mapped[float] = mapped_column(Float)
+    rate_max: Mapped[float] = mapped_column(Float)
+    rate_step: Mapped[float] = mapped_column(Float, default=0.0)
+    fee_waiver_allowed: Mapped[bool] = mapped_column(Boolean, default=False)
+    fee_amount: Mapped[float] = mapped_column(Float, default=0.0)
+    # segment -> [intercept, slope, fee_coefficient, contacts] (pricing.PriceResponse), from FitPriceResponse.
+    response: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    update_time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class TargetingJustificationRow(Base):
+    """Why a campaign's targeting may be disparate: with one, ApproveCampaign is not blocked by
+    TARGETING_DISPARATE (fairness_gate.py). Recorded before approval, by whom and when."""
+
+    __tablename__ = "campaign_targeting_justifications"
+
+    campaign_id: Mapped[str] = mapped_column(ForeignKey("campaigns.campaign_id", ondelete="CASCADE"),
+                                             primary_key=True)
+    justification: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(128))
+    record_time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class BatchDecisionRow(Base):
+    """The decision records of a batch launch, compactly (batch_decisions.py): one zlib-compressed JSON document
+    per partition (number >= 1: every member's candidates, verdicts with reason codes, probabilities, model
+    versions, feature snapshot and its hash, group and assignment probability), written in the transaction that
+    marks the partition DONE, and one for the allocation (number 0: each candidate's chosen option or the
+    constraint that cut it), written with the launch's DONE."""
+
+    __tablename__ = "campaign_batch_decisions"
+
+    launch_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    first_id: Mapped[str] = mapped_column(String(128), default="")
+    last_id: Mapped[str] = mapped_column(String(128), default="")
+    records: Mapped[bytes] = mapped_column(LargeBinary)

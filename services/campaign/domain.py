@@ -100,6 +100,8 @@ class RankedOffer:
     propensity: float
     expected_value: float
     reasons: list[Reason]
+    # Terms chosen within the offer's price band (pricing.ChosenTerms.to_json()), when it has one.
+    chosen_terms: dict[str, Any] | None = None
 
 
 @dataclass
@@ -157,7 +159,7 @@ TRANSITIONS = frozenset({
 # Fields UpdateCampaign may change (only while DRAFT).
 CAMPAIGN_UPDATABLE = frozenset({
     "display_name", "description", "segment", "offer_ids", "channels", "start_time", "end_time", "budget",
-    "capacities", "control_share", "arms",
+    "capacities", "control_share", "arms", "arm_selection",
 })
 
 
@@ -192,6 +194,8 @@ class Campaign:
     capacities: dict[int, int] = field(default_factory=dict)
     control_share: float = 0.0
     arms: list[Arm] = field(default_factory=list)
+    # "FIXED_SHARES" or "THOMPSON_SAMPLING" (opt-in, always-on campaigns; bandit.py).
+    arm_selection: str = "FIXED_SHARES"
     created_by: str = ""
     approved_by: str = ""
     version: int = 0
@@ -223,6 +227,7 @@ def campaign_to_json(campaign: Campaign) -> bytes:
         "end_time": when(campaign.end_time), "budget": campaign.budget,
         "capacities": [[k, v] for k, v in sorted(campaign.capacities.items())],
         "control_share": campaign.control_share, "arms": [[a.arm_id, a.share, a.content] for a in campaign.arms],
+        "arm_selection": campaign.arm_selection,
         "created_by": campaign.created_by, "approved_by": campaign.approved_by, "version": campaign.version,
         "create_time": when(campaign.create_time), "update_time": when(campaign.update_time),
         "history": [[h.from_state, h.to_state, h.actor, h.reason, h.change_time.isoformat()]
@@ -242,6 +247,7 @@ def campaign_from_json(raw: bytes) -> Campaign:
         channels=list(data["channels"]), start_time=when(data["start_time"]), end_time=when(data["end_time"]),
         budget=data["budget"], capacities={k: v for k, v in data["capacities"]},
         control_share=data["control_share"], arms=[Arm(*a) for a in data["arms"]],
+        arm_selection=data.get("arm_selection", "FIXED_SHARES"),
         created_by=data["created_by"], approved_by=data["approved_by"], version=data["version"],
         create_time=when(data["create_time"]), update_time=when(data["update_time"]),
         history=[StateChange(f, t, a, r, datetime.fromisoformat(c)) for f, t, a, r, c in data["history"]],

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 
 from lodestar.campaign.v1 import (
     campaign_pb2,
@@ -18,6 +19,7 @@ from lodestar.campaign.v1 import (
     offer_pb2,
 )
 from lodestar.common.v1 import common_pb2
+from services.campaign.batch_decisions import decision_id_from_name
 from services.campaign.domain import (
     APPROVED,
     CAMPAIGN_UPDATABLE,
@@ -106,6 +108,7 @@ def decision_to_proto(decision: Decision) -> campaign_service_pb2.DecideResponse
                 rank=r.rank, propensity=r.propensity, expected_value=r.expected_value,
                 reasons=[offer_pb2.Reason(code=x.code, message=x.message) for x in r.reasons],
                 disclosures=[common_pb2.Disclosure(kind=d.kind, text=d.text) for d in r.offer.disclosures],
+                chosen_terms=json_format.ParseDict(r.chosen_terms, offer_pb2.ChosenTerms()) if r.chosen_terms else None,
             )
             for r in decision.offers
         ],
@@ -138,6 +141,7 @@ def campaign_to_proto(campaign: Campaign) -> campaign_pb2.Campaign:
                     for c, n in sorted(campaign.capacities.items())],
         control_share=campaign.control_share,
         arms=[campaign_pb2.Arm(arm_id=a.arm_id, share=a.share, content=a.content) for a in campaign.arms],
+        arm_selection=campaign_pb2.ArmSelection.Value(f"ARM_SELECTION_{campaign.arm_selection}"),
         created_by=campaign.created_by, approved_by=campaign.approved_by, etag=campaign.etag,
         create_time=_ts(campaign.create_time), update_time=_ts(campaign.update_time),
         history=[campaign_pb2.StateChange(
@@ -203,6 +207,8 @@ def campaign_from_proto(message: campaign_pb2.Campaign) -> Campaign:
             v.add(f"campaign.arms[{i}].content", "is required")
         elif len(arm.content) > MAX_CONTENT:
             v.add(f"campaign.arms[{i}].content", f"must be at most {MAX_CONTENT} characters")
+    if message.arm_selection not in campaign_pb2.ArmSelection.values():
+        v.add("campaign.arm_selection", f"unknown value {message.arm_selection}")
     v.raise_if_any()
     return Campaign(
         campaign_id=message.campaign_id, display_name=message.display_name.strip(),
@@ -213,6 +219,8 @@ def campaign_from_proto(message: campaign_pb2.Campaign) -> Campaign:
         budget=message.budget, capacities=capacities,
         control_share=message.control_share,
         arms=[Arm(a.arm_id, a.share, a.content) for a in message.arms],
+        arm_selection=("THOMPSON_SAMPLING" if message.arm_selection == campaign_pb2.ARM_SELECTION_THOMPSON_SAMPLING
+                       else "FIXED_SHARES"),
     )
 
 
@@ -294,7 +302,8 @@ def parse_model_name(name: str, field: str = "name") -> tuple[str, int | None]:
 
 
 _LAUNCH_STATES = {"PLANNING": launch_pb2.LAUNCH_STATE_PLANNING, "SELECTING": launch_pb2.LAUNCH_STATE_SELECTING,
-                  "ALLOCATING": launch_pb2.LAUNCH_STATE_ALLOCATING, "DONE": launch_pb2.LAUNCH_STATE_DONE}
+                  "ALLOCATING": launch_pb2.LAUNCH_STATE_ALLOCATING, "DONE": launch_pb2.LAUNCH_STATE_DONE,
+                  "CANCELLED": launch_pb2.LAUNCH_STATE_CANCELLED}
 _OUTBOX_STATES = {"PENDING": launch_pb2.OUTBOX_STATE_PENDING, "SENT": launch_pb2.OUTBOX_STATE_SENT,
                   "FAILED": launch_pb2.OUTBOX_STATE_FAILED}
 
@@ -309,7 +318,7 @@ def launch_to_proto(view: LaunchView) -> launch_pb2.Launch:
             partitions_total=view.partitions_total, partitions_done=view.partitions_done,
             audience_size=view.audience_size, customers_done=counts.get("customers", 0),
             control_customers=counts.get("control", 0), candidates=counts.get("candidates", 0),
-            outbox_messages=view.outbox_messages),
+            outbox_messages=view.outbox_messages, global_holdout_customers=counts.get("global_holdout", 0)),
         status_message=view.status_message, as_of=_ts(view.as_of), create_time=_ts(view.create_time),
         update_time=_ts(view.update_time), done_time=_ts(view.done_time), exported_fields=view.fields,
     )
@@ -445,12 +454,12 @@ class CampaignHandlers(campaign_service_pb2_grpc.CampaignServiceServicer):
 
     async def GetDecision(self, request: campaign_service_pb2.GetDecisionRequest,
                           context: grpc.aio.ServicerContext) -> campaign_service_pb2.GetDecisionResponse:
-        record = await self.service.get_decision(parse_name(request.name, "decisions"))
+        record = await self.service.get_decision(decision_id_from_name(request.name))
         return campaign_service_pb2.GetDecisionResponse(decision=decision_record_to_proto(record))
 
     async def ExplainDecision(self, request: campaign_service_pb2.ExplainDecisionRequest,
                               context: grpc.aio.ServicerContext) -> campaign_service_pb2.ExplainDecisionResponse:
-        explanation = await self.service.explain_decision(parse_name(request.name, "decisions"))
+        explanation = await self.service.explain_decision(decision_id_from_name(request.name))
         return explanation_to_proto(explanation)
 
     async def CreateOffer(self, request: campaign_service_pb2.CreateOfferRequest,

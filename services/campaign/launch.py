@@ -29,7 +29,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
 import numpy as np
@@ -38,18 +38,31 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from lodestar.common.v1 import common_pb2
-from services.campaign import allocation
+from services.campaign import allocation, bandit, batch_decisions
 from services.campaign.clients import AudienceBatch, BatchScreenItem, customer_facts
 from services.campaign.db import (
+    BatchDecisionRow,
+    CampaignRow,
     CampaignUnitOfWork,
     LaunchPartitionRow,
     LaunchRow,
     OutboxRow,
 )
 from services.campaign.db import IdempotencyKey as IdempotencyKeyRow
-from services.campaign.domain import APPROVED, RUNNING, SCHEDULED, Campaign, Offer
+from services.campaign.domain import (
+    APPROVED,
+    CANCELLED,
+    PAUSED,
+    RUNNING,
+    SCHEDULED,
+    TERMINAL_STATES,
+    Campaign,
+    Offer,
+)
+from services.campaign.holdout import GlobalHoldout
 from services.campaign.modeling import Example, TrainedModel, build_frame
-from services.campaign.scoring import _BASE, _BORROWING, _INVESTMENT, _SAVINGS
+from services.campaign.scoring import _BASE, _BORROWING, _INVESTMENT, _SAVINGS, HeuristicPropensityModel
+from services.campaign.service import HEURISTIC_ATTRIBUTES
 from services.platform.db import utcnow
 from services.platform.errors import Aborted, DomainError, FailedPrecondition, InvalidArgument, NotFound
 from services.platform.idempotency import Codec, IdempotencyKey, run_idempotent
@@ -57,6 +70,11 @@ from services.platform.idempotency import Codec, IdempotencyKey, run_idempotent
 log = logging.getLogger("lodestar.campaign.launch")
 
 PLANNING, SELECTING, ALLOCATING, DONE = "PLANNING", "SELECTING", "ALLOCATING", "DONE"
+# The campaign was cancelled before its launch finished: nothing more is claimed or written.
+CANCELLED_LAUNCH = "CANCELLED"
+FINISHED = (DONE, CANCELLED_LAUNCH)
+# A partition member's group: -1 the campaign's control, -2 the global holdout (holdout.py), else the arm index.
+CONTROL_GROUP, HOLDOUT_GROUP = -1, -2
 PENDING = "PENDING"
 LAUNCH_ACTOR_REASON = "batch launch"
 # Attributes the heuristic scorer and risk's screening read; champion models add their own.
@@ -122,18 +140,27 @@ class PartitionResult:
     values: np.ndarray  # candidates x options; NaN where risk did not allow it
     probabilities: np.ndarray  # candidates x offers
     counts: dict[str, int] = field(default_factory=dict)
+    # Per member: the probability their group was picked with (bandit.py); absent in older blobs.
+    arm_probabilities: np.ndarray | None = None
+    # The partition's decision records (batch_decisions.py), stored beside the results; not in the blob.
+    decisions: bytes | None = None
 
     def to_blob(self) -> bytes:
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, member_ids=self.member_ids, groups=self.groups, candidate_ids=self.candidate_ids,
-                            values=self.values, probabilities=self.probabilities)
+        arrays: dict[str, Any] = {"member_ids": self.member_ids, "groups": self.groups,
+                                  "candidate_ids": self.candidate_ids, "values": self.values,
+                                  "probabilities": self.probabilities}
+        if self.arm_probabilities is not None:
+            arrays["arm_probabilities"] = self.arm_probabilities
+        np.savez_compressed(buffer, **arrays)
         return buffer.getvalue()
 
     @classmethod
     def from_blob(cls, raw: bytes) -> PartitionResult:
         with np.load(io.BytesIO(raw), allow_pickle=False) as data:
             return cls(data["member_ids"], data["groups"], data["candidate_ids"], data["values"],
-                       data["probabilities"])
+                       data["probabilities"], arm_probabilities=(
+                           data["arm_probabilities"] if "arm_probabilities" in data.files else None))
 
 
 def _name(campaign_id: str) -> str:
@@ -166,10 +193,13 @@ def _numbers(values: Sequence[Any]) -> np.ndarray:
     return np.asarray(pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce"), dtype=float)
 
 
-def heuristic_probabilities(offer: Offer, income: np.ndarray, tolerance: np.ndarray) -> np.ndarray:
-    """HeuristicPropensityModel (scoring.py) vectorised, without the age term (the export carries no birth date):
-    the same number, customer for customer, as the per-customer heuristic with an unknown age."""
+def heuristic_probabilities(offer: Offer, income: np.ndarray, tolerance: np.ndarray,
+                            ages: np.ndarray | None = None) -> np.ndarray:
+    """HeuristicPropensityModel (scoring.py) vectorised: the same number, customer for customer, as the
+    per-customer heuristic. `ages` are profile's exported whole-year ages (NaN where unknown: no age term)."""
     logit = np.full(len(income), _BASE.get(offer.product_type, -3.0))
+    if ages is not None:
+        logit = logit - np.where(np.isfinite(ages), 0.02 * np.abs(ages - 38), 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.clip(np.log10(income / 1000.0), -1.5, 2.0)
     has_income = np.isfinite(income) & (income > 0)
@@ -180,6 +210,26 @@ def heuristic_probabilities(offer: Offer, income: np.ndarray, tolerance: np.ndar
     if offer.product_type in _INVESTMENT:
         logit = logit + np.where(np.isfinite(tolerance), 0.25 * (tolerance - 3), 0.0)
     return np.asarray(1.0 / (1.0 + np.exp(-logit)))
+
+
+def proxy_birth_dates(ages: np.ndarray | None, on: date, n: int) -> list[date | None]:
+    """A birth date per exported age (None where unknown): `age` years and 182 days before `on`, so that any
+    day within about six months of `on` (a contact a little later, another time zone) gives the same whole-year
+    age. Only an age leaves profile; this date is a stand-in for the scorers and risk, never stored."""
+    if ages is None:
+        return [None] * n
+    out: list[date | None] = []
+    for age in ages:
+        if not np.isfinite(age) or age < 0 or age > 150:
+            out.append(None)
+            continue
+        years = int(age)
+        try:
+            anniversary = on.replace(year=on.year - years)
+        except ValueError:  # 29 February
+            anniversary = on.replace(year=on.year - years, day=28)
+        out.append(anniversary - timedelta(days=182))
+    return out
 
 
 def _tolerance_levels(values: Sequence[Any]) -> np.ndarray:
@@ -220,6 +270,10 @@ class LaunchService:
         self.retry = timedelta(seconds=retry_seconds)
         self.clock = clock
         self.allocation_method = allocation_method
+        # The persistent global holdout (holdout.py); app.py sets the configured share.
+        self.holdout = GlobalHoldout(0.0)
+        # Thompson sampling of arms for campaigns that opted in (bandit.py); app.py sets it.
+        self.arms: bandit.ThompsonArms | None = None
 
     # --- use cases ------------------------------------------------------------------------------------------
 
@@ -295,9 +349,17 @@ class LaunchService:
         was nothing this worker could take."""
         async with self.uow_factory() as uow:
             launches = list((await uow.session.execute(
-                select(LaunchRow.launch_id, LaunchRow.state).where(LaunchRow.state != DONE)
+                select(LaunchRow.launch_id, LaunchRow.state, CampaignRow.state)
+                .join(CampaignRow, CampaignRow.campaign_id == LaunchRow.campaign_id)
+                .where(LaunchRow.state.not_in(FINISHED))
                 .order_by(LaunchRow.create_time))).all())
-        for launch_id, state in launches:
+        for launch_id, state, campaign_state in launches:
+            # A cancelled campaign's launch stops for good; a paused one's waits (nothing is claimed meanwhile).
+            if campaign_state in TERMINAL_STATES:
+                await self._cancel(launch_id, campaign_state)
+                continue
+            if campaign_state == PAUSED:
+                continue
             if state == PLANNING and await self._plan(launch_id):
                 return True
             if state == SELECTING and await self._select(launch_id):
@@ -311,6 +373,26 @@ class LaunchService:
         while steps < max_steps and await self.step():
             steps += 1
         return steps
+
+    async def _cancel(self, launch_id: str, campaign_state: str = CANCELLED) -> None:
+        now = self.clock()
+        async with self.uow_factory() as uow:
+            await uow.session.execute(
+                update(LaunchRow).where(LaunchRow.launch_id == launch_id, LaunchRow.state.not_in(FINISHED))
+                .values(state=CANCELLED_LAUNCH, claimed_by=None, lease_until=None, update_time=now, done_time=now,
+                        status_message=f"the campaign is {campaign_state}; the launch stopped")
+                .execution_options(synchronize_session=False))
+            await uow.commit()
+        log.info("launches/%s stopped: its campaign is %s", launch_id, campaign_state)
+
+    async def _campaign_state(self, uow: CampaignUnitOfWork, campaign_id: str) -> str | None:
+        """The campaign's state, read in `uow`'s transaction; on PostgreSQL with a share lock, so a concurrent
+        pause or cancel (a conditional UPDATE of the row) waits for this transaction's writes or comes first."""
+        query = select(CampaignRow.state).where(CampaignRow.campaign_id == campaign_id)
+        if uow.session.bind.dialect.name == "postgresql":
+            query = query.with_for_update(read=True)
+        state: str | None = await uow.session.scalar(query)
+        return state
 
     # --- claims ---------------------------------------------------------------------------------------------
 
@@ -385,7 +467,19 @@ class LaunchService:
         for offer in offers:
             for model in await self._champions(offer):
                 attributes |= {c.removeprefix("attr.") for c in model[0].spec.columns if c.startswith("attr.")}
-        return ["region", "time_zone", *(f"attr.{a}" for a in sorted(attributes))]
+        # "age": whole years at as_of, computed by profile (the birth date itself is never exported).
+        return ["region", "time_zone", "age", *(f"attr.{a}" for a in sorted(attributes))]
+
+    async def _model_of(self, offer: Offer) -> tuple[str, str, tuple[str, ...]]:
+        """(model version, basis, attributes read) of the offer's scorer in this launch, for decision records."""
+        if self.champions is not None:
+            uplift = await self.champions.champion(offer.offer_id, "uplift")
+            found = uplift or await self.champions.champion(offer.offer_id, "propensity")
+            if found is not None:
+                model, version = found
+                return version, "uplift" if uplift else "propensity", tuple(
+                    c.removeprefix("attr.") for c in model.spec.columns if c.startswith("attr."))
+        return HeuristicPropensityModel.version, "propensity", HEURISTIC_ATTRIBUTES
 
     async def _champions(self, offer: Offer) -> list[tuple[TrainedModel, str]]:
         if self.champions is None:
@@ -492,6 +586,10 @@ class LaunchService:
                 log.warning("launches/%s partition %d: claim lost, results discarded", partition.launch_id,
                             partition.number)
                 return False
+            if result.decisions is not None:
+                uow.session.add(BatchDecisionRow(launch_id=partition.launch_id, number=partition.number,
+                                                 first_id=partition.first_id, last_id=partition.last_id,
+                                                 records=result.decisions))
             await uow.session.execute(
                 update(LaunchRow).where(LaunchRow.launch_id == partition.launch_id)
                 .values(partitions_done=LaunchRow.partitions_done + 1, status_message="", update_time=now)
@@ -521,23 +619,44 @@ class LaunchService:
                 break
         n = len(ids)
         groups = assign(campaign.campaign_id, ids, campaign.control_share, [a.share for a in campaign.arms])
+        groups, arm_probabilities = await self._arm_groups(campaign, ids, groups)  # bandit.py
+        groups = np.where(self.holdout.mask(ids), np.int16(HOLDOUT_GROUP), groups).astype(np.int16)
         attrs = {f.removeprefix("attr."): columns[f] for f in launch.fields if f.startswith("attr.")}
         regions = columns.get("region") or [None] * n
         zones = columns.get("time_zone") or [None] * n
-        probabilities = await self._score(launch, offers, n, attrs, regions)
-        allowed = await self._screen(launch, offers, campaign.channels, ids, attrs, regions, zones)
+        ages = _numbers(columns.get("age") or [None] * n)
+        probabilities = await self._score(launch, offers, n, attrs, regions, ages)
+        details: dict[int, batch_decisions.Details] = {}
+        meta: dict[str, str] = {}
+        allowed = await self._screen(launch, offers, campaign.channels, ids, attrs, regions, zones, ages,
+                                     details=details, meta=meta)
         values = option_values(probabilities, offers, campaign.channels, allowed)
         treated = groups >= 0
         candidate = treated & np.any(np.nan_to_num(values, nan=0.0) > 0, axis=1)
         id_array = np.asarray(ids, dtype=str)
+        versions = [await self._model_of(offer) for offer in offers]
+        decisions = batch_decisions.encode_partition(
+            launch_id=launch.launch_id, campaign_id=campaign.campaign_id, contact_time=launch.contact_time,
+            offers=offers, channels=campaign.channels, ids=ids, groups=groups, group_probabilities=arm_probabilities,
+            probabilities=probabilities, versions=[(v, b) for v, b, _ in versions],
+            features=sorted({f for _, _, used in versions for f in used}), attrs=attrs, regions=regions, zones=zones,
+            ages=ages, details=details, policy_version=meta.get("policy_version", ""))
         return PartitionResult(
             member_ids=id_array, groups=groups, candidate_ids=id_array[treated], values=values[treated],
-            probabilities=probabilities[treated],
-            counts={"customers": n, "control": int((~treated).sum()), "treated": int(treated.sum()),
-                    "candidates": int(candidate.sum())})
+            probabilities=probabilities[treated], arm_probabilities=arm_probabilities, decisions=decisions,
+            counts={"customers": n, "control": int((groups == CONTROL_GROUP).sum()), "treated": int(treated.sum()),
+                    "candidates": int(candidate.sum()), "global_holdout": int((groups == HOLDOUT_GROUP).sum())})
+
+    async def _arm_groups(self, campaign: Campaign, ids: Sequence[str], groups: np.ndarray
+                          ) -> tuple[np.ndarray, np.ndarray]:
+        """Arms by Thompson sampling for a campaign that opted in (control keeps its hash), else the fixed shares;
+        with the probability each member's group was picked with (bandit.py)."""
+        if campaign.arm_selection == bandit.THOMPSON and self.arms is not None and len(ids) and campaign.arms:
+            return await self.arms.launch_groups(campaign, ids, groups)
+        return groups, bandit.fixed_probabilities(campaign, groups)
 
     async def _score(self, launch: LaunchRow, offers: Sequence[Offer], n: int, attrs: dict[str, list[Any]],
-                     regions: Sequence[Any]) -> np.ndarray:
+                     regions: Sequence[Any], ages: np.ndarray | None = None) -> np.ndarray:
         """customers x offers: each offer's champion (uplift, else propensity) in one pass over the partition,
         else the heuristic, vectorised."""
         out = np.zeros((n, len(offers)))
@@ -550,24 +669,41 @@ class LaunchService:
             champions = await self._champions(offer)
             if champions:
                 if examples is None:
-                    examples = [Example({k: v[i] for k, v in attrs.items() if v[i] is not None}, None,
+                    births = proxy_birth_dates(ages, launch.as_of.date(), n)
+                    examples = [Example({k: v[i] for k, v in attrs.items() if v[i] is not None}, births[i],
                                         regions[i] or "", launch.as_of, {}) for i in range(n)]
                 model = champions[0][0]
                 out[:, j] = np.clip(model.score(build_frame(examples, model.spec)), 0.0, 1.0)
             else:
-                out[:, j] = heuristic_probabilities(offer, income, tolerance)
+                out[:, j] = heuristic_probabilities(offer, income, tolerance, ages)
         return out
 
     async def _screen(self, launch: LaunchRow, offers: Sequence[Offer], channels: Sequence[int], ids: Sequence[str],
-                      attrs: dict[str, list[Any]], regions: Sequence[Any], zones: Sequence[Any]
-                      ) -> dict[int, np.ndarray]:
-        """channel -> customers x offers, True where risk said ALLOW (fail closed: no verdict is no)."""
+                      attrs: dict[str, list[Any]], regions: Sequence[Any], zones: Sequence[Any],
+                      ages: np.ndarray | None = None, *, details: dict[int, batch_decisions.Details] | None = None,
+                      meta: dict[str, str] | None = None) -> dict[int, np.ndarray]:
+        """channel -> customers x offers, True where risk said ALLOW (fail closed: no verdict is no). Risk gets
+        the exported age as a birth date half a year before that birthday (proxy_birth_dates): its age checks
+        (minors, AGE_UNKNOWN) see the right age, and no birth date ever leaves profile."""
         n = len(ids)
         items = [BatchScreenItem(ids[i], customer_facts(regions[i] or "", zones[i] or "",
                                                         {k: v[i] for k, v in attrs.items()})) for i in range(n)]
+        for item, birth in zip(items, proxy_birth_dates(ages, launch.contact_time.date(), n), strict=True):
+            if birth is not None:
+                item.facts.birth_date = birth.isoformat()
         out: dict[int, np.ndarray] = {}
         for channel in channels:
-            verdicts = await self.risk.screen_batch(offers, channel, launch.contact_time, items) if n else {}
+            if hasattr(self.risk, "stub"):  # the real client: ScreenBatch with the reason codes kept
+                detail, policy = (await batch_decisions.screen_detailed(self.risk, offers, channel, launch.contact_time,
+                                                                        items) if n else ({}, ""))
+                verdicts = {c: {o: v for o, (v, _) in d.items()} for c, d in detail.items()}
+                if meta is not None and policy:
+                    meta["policy_version"] = policy
+            else:
+                verdicts = await self.risk.screen_batch(offers, channel, launch.contact_time, items) if n else {}
+                detail = {c: {o: (v, ()) for o, v in d.items()} for c, d in verdicts.items()}
+            if details is not None:
+                details[channel] = detail
             allowed = np.zeros((n, len(offers)), dtype=bool)
             for i, customer_id in enumerate(ids):
                 got = verdicts.get(customer_id) or {}
@@ -623,15 +759,27 @@ class LaunchService:
             "probability": float(probabilities[i, option_offer[int(result.assignment[i])]]),
             "state": PENDING, "create_time": self.clock(),
         } for i in chosen]
+        stopped: str | None = None
         for start in range(0, len(rows), OUTBOX_CHUNK):
             if not await self._renew_launch(launch_id):
                 return  # the lease was lost: the new holder writes (duplicates are impossible by the key)
             async with self.uow_factory() as uow:
+                # Only for a RUNNING campaign: a pause or cancel stops the writing between chunks.
+                campaign_state = await self._campaign_state(uow, campaign.campaign_id)
+                if campaign_state != RUNNING:
+                    stopped = campaign_state
+                    break
                 dialect = uow.session.bind.dialect.name
                 insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
                 await uow.session.execute(insert(OutboxRow).values(rows[start:start + OUTBOX_CHUNK])
                                           .on_conflict_do_nothing(index_elements=["delivery_key"]))
                 await uow.commit()
+        if stopped is not None:
+            if stopped in TERMINAL_STATES:
+                await self._cancel(launch_id, stopped)
+            else:
+                await self._release_launch(launch_id, f"the campaign is {stopped}: the outbox waits")
+            return
         cut = Counter(r for r in result.cut_by if r)
         report = {
             "objective": result.objective, "method": result.method, "spend": result.spend,
@@ -643,11 +791,17 @@ class LaunchService:
         }
         now = self.clock()
         async with self.uow_factory() as uow:
-            await uow.session.execute(
+            finished = await uow.session.execute(
                 update(LaunchRow).where(LaunchRow.launch_id == launch_id, LaunchRow.state == ALLOCATING,
                                         LaunchRow.claimed_by == self.worker_id)
                 .values(state=DONE, report=_finite(report), claimed_by=None, lease_until=None, status_message="",
                         update_time=now, done_time=now).execution_options(synchronize_session=False))
+            if finished.rowcount == 1:  # type: ignore[attr-defined]
+                # Each candidate's allocated option or the constraint that cut it (batch_decisions.py).
+                await uow.session.merge(BatchDecisionRow(
+                    launch_id=launch_id, number=batch_decisions.ALLOCATION_NUMBER, first_id="", last_id="",
+                    records=batch_decisions.encode_allocation([str(i) for i in ids], result.assignment,
+                                                              list(result.cut_by))))
             await uow.commit()
         log.info("launches/%s done: %d outbox messages, objective %.2f (%s)", launch_id, len(rows),
                  result.objective, result.method)

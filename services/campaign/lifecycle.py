@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from services.campaign.db import CampaignUnitOfWork
+from services.campaign.db import CampaignUnitOfWork, TargetingJustificationRow
 from services.campaign.db import IdempotencyKey as IdempotencyKeyRow
 from services.campaign.domain import (
     APPROVED,
@@ -32,6 +32,7 @@ from services.campaign.domain import (
     campaign_from_json,
     campaign_to_json,
 )
+from services.campaign.fairness_gate import FairnessGate
 from services.platform.db import utcnow
 from services.platform.errors import (
     Aborted,
@@ -73,6 +74,8 @@ class CampaignLifecycle:
     def __init__(self, uow_factory: Callable[[], CampaignUnitOfWork], content: ContentChecker) -> None:
         self.uow_factory = uow_factory
         self.content = content
+        # The fairness gate of approval (fairness_gate.py); set by app.py, None = not checked.
+        self.fairness: FairnessGate | None = None
 
     async def create(self, campaign: Campaign, actor: str, key: IdempotencyKey | None) -> Campaign:
         async def create(uow: CampaignUnitOfWork) -> Campaign:
@@ -130,6 +133,9 @@ class CampaignLifecycle:
                     raise PermissionDenied("SELF_APPROVAL_FORBIDDEN",
                                            "a campaign must be approved by someone other than its maker")
                 await self._check_content(uow, current)
+                if self.fairness is not None:
+                    justified = await uow.session.get(TargetingJustificationRow, campaign_id) is not None
+                    await self.fairness.check(campaign_id, current.segment, justified)
                 approved_by = actor
             elif to_state == SCHEDULED and current.end_time is not None and current.end_time <= utcnow():
                 raise FailedPrecondition("CAMPAIGN_WINDOW_PASSED", "the campaign's end time has passed")
@@ -207,6 +213,12 @@ def check_consistency(campaign: Campaign) -> None:
                                                             f"got {total:g}"))
     if campaign.start_time and campaign.end_time and campaign.end_time <= campaign.start_time:
         problems.append(FieldViolation("campaign.end_time", "must be after start_time"))
+    if campaign.arm_selection == "THOMPSON_SAMPLING":  # bandit.py: opt-in, always-on campaigns only
+        if campaign.end_time is not None:
+            problems.append(FieldViolation("campaign.arm_selection", "Thompson sampling is for always-on campaigns "
+                                                                     "(no end_time)"))
+        if len(campaign.arms) == 1:
+            problems.append(FieldViolation("campaign.arm_selection", "Thompson sampling needs at least two arms"))
     if problems:
         raise InvalidArgument(problems, reason="INCONSISTENT_CAMPAIGN")
 

@@ -18,6 +18,7 @@ from opentelemetry import trace
 from sqlalchemy import select
 
 from services.campaign import modeling
+from services.campaign.bandit import ThompsonArms
 from services.campaign.db import CampaignUnitOfWork, DecisionRow, ModelVersionRow
 from services.campaign.db import IdempotencyKey as IdempotencyKeyRow
 from services.campaign.domain import (
@@ -34,6 +35,8 @@ from services.campaign.domain import (
     offer_from_json,
     offer_to_json,
 )
+from services.campaign.holdout import REASON as HOLDOUT_REASON
+from services.campaign.holdout import GlobalHoldout
 from services.campaign.modeling import Example, TrainedModel, build_frame
 from services.campaign.scoring import HeuristicPropensityModel, age_at
 from services.platform.errors import AlreadyExists, NotFound
@@ -67,6 +70,14 @@ class ChampionSource(Protocol):
     async def champion(self, offer_id: str, kind: str = "propensity") -> tuple[TrainedModel, str] | None: ...
 
 
+class AfterRankingHook(Protocol):
+    """Issue 10 (personalisation.py): annotates ranked offers in place with cross-sell evidence and the terms
+    chosen within an approved price band; never changes which offers rank or their order."""
+
+    async def after_ranking(self, customer: CustomerSnapshot, ranked: list[RankedOffer],
+                            candidates: list[dict[str, Any]]) -> None: ...
+
+
 @dataclass(frozen=True)
 class OfferScore:
     """The probability that drives an offer's value: P(convert | contact) for a propensity model, the
@@ -81,6 +92,8 @@ class OfferScore:
 
 # The customer attributes the heuristic reads (scoring.py).
 HEURISTIC_ATTRIBUTES = ("income", "risk_tolerance")
+# The policy version of a decision for a member of the global holdout (risk is not asked).
+HOLDOUT_POLICY = "global-holdout"
 # Decide ranks by the arg-max of expected value: the logged action is chosen with probability 1.
 DETERMINISTIC_ACTION_PROBABILITY = 1.0
 
@@ -179,6 +192,9 @@ def _text(value: object) -> str:
 
 
 class CampaignService:
+    # Cross-sell and pricing after ranking (issue 10; personalisation_app.py sets it).
+    personalisation: AfterRankingHook | None = None
+
     def __init__(self, uow_factory: Callable[[], CampaignUnitOfWork], profile: CustomerSource,
                  risk: Screener, model: HeuristicPropensityModel | None = None,
                  metrics: ServiceMetrics | None = None, champions: ChampionSource | None = None) -> None:
@@ -188,6 +204,10 @@ class CampaignService:
         self.model = model or HeuristicPropensityModel()
         self.metrics = metrics or service_metrics()
         self.champions = champions
+        # The persistent global holdout (holdout.py); app.py sets the configured share.
+        self.holdout = GlobalHoldout(0.0)
+        # Thompson sampling of arms in Decide (bandit.py; response_handlers.wire_responses sets it).
+        self.arms: ThompsonArms | None = None
 
     # --- offers -------------------------------------------------------------------------------------------
 
@@ -225,16 +245,23 @@ class CampaignService:
                 return await uow.offers.active(context.decision_time)
 
         customer, offers = await asyncio.gather(self.profile.get_customer(customer_id), active_offers())
+        held_out = self.holdout.contains(customer_id)  # the global holdout is never contacted (holdout.py)
         screen = (await self.risk.screen(customer, offers, context.channel, context.decision_time)
-                  if offers else ScreenResult({}, ""))
+                  if offers and not held_out else ScreenResult({}, ""))
+        if held_out:
+            screen = ScreenResult({o.offer_id: Verdict(o.offer_id, "HOLDOUT", (HOLDOUT_REASON,)) for o in offers},
+                                  HOLDOUT_POLICY)
         allowed = [o for o in offers if (v := screen.verdicts.get(o.offer_id)) is not None and v.verdict == "ALLOW"]
         scores = await self._score(customer, allowed, context)
         ranked, suppressed, candidates = self._rank(offers, screen, scores, max_offers)
+        if self.personalisation is not None:  # issue 10 hook: cross-sell evidence, then pricing in the band
+            await self.personalisation.after_ranking(customer, ranked, candidates)
         decision = Decision(
             decision_id=uuid.uuid4().hex, offers=ranked, suppressed=suppressed,
             policy_version=screen.policy_version,
             model_version=",".join(sorted({s.model_version for s in scores.values()})) or self.model.version,
         )
+        action_probability = await self._choose_arm(customer_id, decision, context)  # bandit.py
         snapshot = feature_snapshot(customer, context.decision_time, scores)
         async with self.uow_factory() as uow:
             uow.decisions.add(DecisionRow(
@@ -242,7 +269,7 @@ class CampaignService:
                 partner_id=context.partner_id, placement=context.placement, decision_time=context.decision_time,
                 model_version=decision.model_version, policy_version=decision.policy_version,
                 candidates=candidates, snapshot=snapshot, snapshot_hash=snapshot_hash(snapshot),
-                max_offers=max_offers, action_probability=DETERMINISTIC_ACTION_PROBABILITY,
+                max_offers=max_offers, action_probability=action_probability,
             ))
             await uow.commit()
         span.set_attribute(ATTR_OFFERS_CONSIDERED, len(offers))
@@ -250,6 +277,22 @@ class CampaignService:
         span.set_attribute(ATTR_POLICY_VERSION, decision.policy_version)
         span.set_attribute(ATTR_MODEL_VERSION, decision.model_version)
         return decision
+
+    async def _choose_arm(self, customer_id: str, decision: Decision, context: DecisionContext) -> float:
+        """When a running campaign choosing arms by Thompson sampling presents a ranked offer on this channel:
+        the customer's arm (reason ARM_SELECTED on that offer), and the probability it was picked with — the
+        decision's action probability; else the ranking's own, deterministic 1 (bandit.py)."""
+        if self.arms is None or not decision.offers:
+            return DETERMINISTIC_ACTION_PROBABILITY
+        choice = await self.arms.choose_for_decision(customer_id, [r.offer.offer_id for r in decision.offers],
+                                                     context.channel, decision.decision_id, context.decision_time)
+        if choice is None:
+            return DETERMINISTIC_ACTION_PROBABILITY
+        for ranked in decision.offers:
+            if ranked.offer.offer_id == choice.offer_id:
+                ranked.reasons.append(Reason("ARM_SELECTED", f"arm {choice.arm_id} of campaigns/{choice.campaign_id}"
+                                                             f" by Thompson sampling (p={choice.probability:.3f})"))
+        return choice.probability
 
     async def _score(self, customer: CustomerSnapshot, offers: list[Offer],
                      context: DecisionContext) -> dict[str, OfferScore]:
@@ -291,7 +334,8 @@ class CampaignService:
             if verdict is None or verdict.verdict != "ALLOW":
                 # Fail closed: an offer risk did not clear is never shown.
                 codes = verdict.reasons if verdict else ("VERDICT_MISSING",)
-                reasons = [Reason(f"RISK_{code}", f"risk screening: {code.lower().replace('_', ' ')}")
+                reasons = [Reason(code, "a member of the global holdout: never contacted") if code == HOLDOUT_REASON
+                           else Reason(f"RISK_{code}", f"risk screening: {code.lower().replace('_', ' ')}")
                            for code in codes]
                 suppressed.append(SuppressedOffer(offer.offer_id, reasons))
                 record.update(verdict=verdict.verdict if verdict else "MISSING", reasons=list(codes))
@@ -328,6 +372,12 @@ class CampaignService:
     # --- decision records: get and re-evaluate ------------------------------------------------------------
 
     async def get_decision(self, decision_id: str) -> DecisionRecordView:
+        if ":" in decision_id:  # "{launch_id}:{customer_id}": a batch launch's record (batch_decisions.py)
+            from services.campaign.batch_decisions import get_batch_decision
+
+            view: DecisionRecordView = await get_batch_decision(self.uow_factory, decision_id)
+            trace.get_current_span().set_attribute(ATTR_CUSTOMER_TOKEN, view.customer_token)
+            return view
         async with self.uow_factory() as uow:
             row = await uow.decisions.get(decision_id)
             if row is None:
@@ -347,6 +397,11 @@ class CampaignService:
         """Re-computes the ranking from the stored snapshot with the recorded model versions (loaded by name from
         the registry; the heuristic by its version) and the recorded risk verdicts, against the catalog's offers,
         and compares every candidate's terms, verdict, model version and rank with the record."""
+        if ":" in decision_id:  # a batch launch's record (batch_decisions.py)
+            from services.campaign.batch_decisions import explain_batch_decision
+
+            explained: DecisionExplanation = await explain_batch_decision(self, decision_id)
+            return explained
         record = await self.get_decision(decision_id)
 
         def differs(offer_id: str, field: str, recorded: str, recomputed: str) -> DecisionExplanation:

@@ -19,7 +19,13 @@ from typing import Any, TypeVar
 from google.protobuf import timestamp_pb2
 from opentelemetry.sdk.trace import TracerProvider
 
-from lodestar.campaign.v1 import campaign_service_pb2, campaign_service_pb2_grpc, offer_pb2
+from lodestar.campaign.v1 import (
+    campaign_service_pb2,
+    campaign_service_pb2_grpc,
+    offer_pb2,
+    response_service_pb2,
+    response_service_pb2_grpc,
+)
 from lodestar.common.v1 import common_pb2
 from services.gateway.domain import Decision, Disclosure, PartnerOffer
 from services.platform.clients import ServiceClient
@@ -173,3 +179,28 @@ def decision_for_partner(response: campaign_service_pb2.DecideResponse) -> Decis
         for offer in response.offers
     )
     return Decision(decision_ref=response.decision, offers=offers)
+
+
+# --- campaign's ResponseService: partner leads and conversions forwarded as responses (forwarder.py) ----------
+
+RESPONSE_SERVICE = response_service_pb2.DESCRIPTOR.services_by_name["ResponseService"].full_name
+FORWARD_TIMEOUT_SECONDS = 10.0
+
+
+class ResponsesClient(ServiceClient):
+    """campaign's ResponseService (RecordResponses, client streaming), with a deadline on every call."""
+
+    service_names = (RESPONSE_SERVICE,)
+
+    def __init__(self, address: str, *, tracer_provider: TracerProvider | None = None,
+                 default_timeout: float = FORWARD_TIMEOUT_SECONDS) -> None:
+        super().__init__("campaign", address, response_service_pb2_grpc.ResponseServiceStub,
+                         tracer_provider=tracer_provider, default_timeout=default_timeout)
+
+    async def record_responses(self, request_id: str, events: list[response_service_pb2.ResponseEvent]
+                               ) -> response_service_pb2.RecordResponsesResponse:
+        """One stream of one message (the forwarder's batches are small); idempotent under `request_id`."""
+        message = response_service_pb2.RecordResponsesRequest(request_id=request_id, events=events)
+        response: response_service_pb2.RecordResponsesResponse = await self.call(
+            self.stub.RecordResponses, iter([message]))
+        return response
