@@ -75,7 +75,9 @@ async def start(
     async def _start(definition: ServiceDefinition, **env: str) -> RunningService:
         settings_env = {
             "DATABASE_URL": database_url(definition.name), "GRPC_PORT": "0", "LISTEN_HOST": "127.0.0.1",
-            "DRAIN_SECONDS": "0", "SHUTDOWN_GRACE_SECONDS": "1", **env,
+            "DRAIN_SECONDS": "0", "SHUTDOWN_GRACE_SECONDS": "1",
+            # No global holdout unless a test asks for one: fixtures pick their customers by hand.
+            "CAMPAIGN_GLOBAL_HOLDOUT_SHARE": "0", **env,
         }
         settings = definition.settings_from_env(settings_env)
         service = await start_service(definition, settings, tracer_provider_for(definition.name, span_exporter))

@@ -309,6 +309,15 @@ HANDLERS = {
     "lodestar.profile.v1.EventService": "services.profile.event_handlers:EventHandlers",
     "lodestar.profile.v1.SegmentService": "services.profile.segment_handlers:SegmentHandlers",
     "lodestar.risk.v1.RiskService": "services.risk.handlers:RiskHandlers",
+    "lodestar.risk.v1.AmlService": "services.risk.aml_handlers:AmlHandlers",
+    "lodestar.risk.v1.DataSubjectRequestService": "services.risk.dsr:DataSubjectRequestHandlers",
+    "lodestar.profile.v1.TagService": "services.profile.tag_handlers:TagHandlers",
+    "lodestar.campaign.v1.DeliveryService": "services.campaign.delivery_handlers:DeliveryHandlers",
+    "lodestar.campaign.v1.ResponseService": "services.campaign.response_handlers:ResponseHandlers",
+    "lodestar.campaign.v1.TriggerService": "services.campaign.trigger_handlers:TriggerHandlers",
+    "lodestar.campaign.v1.CampaignReportService": "services.campaign.report_handlers:ReportHandlers",
+    "lodestar.campaign.v1.RecommendationService": "services.campaign.personalisation_handlers:RecommendationHandlers",
+    "lodestar.campaign.v1.PricingService": "services.campaign.personalisation_handlers:PricingHandlers",
 }
 
 

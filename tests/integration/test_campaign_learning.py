@@ -201,3 +201,56 @@ async def test_decide_uses_the_champion_once_promoted(env):
                                                                 customer_ids=["h-0001"]))
     assert offer.propensity == pytest.approx(scored.scores[0].score, abs=0.05)  # same model, same customer
     assert any(trained.name in r.message for r in offer.reasons if r.code == "EXPECTED_VALUE")
+
+
+async def test_cli_imports_history_from_csv_and_trains(env, tmp_path, monkeypatch):
+    import asyncio
+    import csv
+    import io
+    import json
+
+    from lodestar_cli.main import run
+
+    monkeypatch.setenv("CAMPAIGN_SERVICE_ADDR", env["campaign"].address)
+    path = tmp_path / "history.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle, delimiter=";")
+        writer.writerow(["customer_id", "contact_time", "treated", "converted", "arm", "channel", "previous"])
+        for r in env["records"]:
+            writer.writerow([r.customer_id, r.contact_time.ToDatetime().isoformat() + "Z", "yes" if r.treated else "no",
+                             int(r.converted), r.arm, "sms", r.context["previous"]])
+        writer.writerow(["h-0001", "yesterday", "yes", "no", "a", "sms", "1"])  # row N+1: a bad time
+        writer.writerow(["h-0002", "2025-03-02T09:00:00+00:00", "maybe", "no", "a", "sms", "1"])  # row N+2
+        writer.writerow(["h-0003", "2025-03-02T09:00:00+00:00", "yes", "no", "a", "pigeon", "1"])  # row N+3
+
+    async def cli(*argv):
+        out, err = io.StringIO(), io.StringIO()
+        code = await asyncio.to_thread(run, [*argv, "--json"], out, err)
+        return code, json.loads(out.getvalue())
+
+    code, body = await cli("import", "history", str(path), "--sep", ";", "--offer", "deposit")
+    assert code == 1  # some rows failed: reported, the good ones imported
+    assert (body["imported"], body["failed"], body["duplicates"]) == (N, 3, 0)
+    with open(body["errors_file"]) as handle:  # noqa: ASYNC230 - a small local file
+        assert list(csv.reader(handle)) == [["row", "field", "reason"],
+                                            [str(N + 1), "contact_time", "NOT_AN_ISO_8601_TIME"],
+                                            [str(N + 2), "treated", "NOT_A_BOOLEAN"],
+                                            [str(N + 3), "channel", "UNKNOWN_CHANNEL"]]
+    assert await history_rows(env["campaign"]) == N
+    code, body = await cli("import", "history", str(path), "--sep", ";", "--offer", "deposit")
+    assert (body["imported"], body["duplicates"]) == (0, N)  # the same file again: nothing new
+    assert await history_rows(env["campaign"]) == N
+    (tmp_path / "no_offer.csv").write_text("customer_id,contact_time,treated\nh-1,2025-03-01T09:00:00Z,yes\n")
+    code, body = await cli("import", "history", str(tmp_path / "no_offer.csv"))
+    assert code == 1 and body["error"]["reason"] == "HISTORY_COLUMNS_MISSING"
+    assert "converted" in body["error"]["message"]
+
+    code, body = await cli("models", "train", "--offer", "deposit", "--folds", "3")
+    assert code == 0
+    assert body["model"] == "models/propensity-deposit/versions/1" and body["status"] == "challenger"
+    assert 0.65 < body["auc"] <= 1.0 and body["validation"].startswith("3-fold")
+    assert "context.previous" in body["features"]
+    code, body = await cli("models", "promote", "models/propensity-deposit/versions/1")
+    assert code == 0
+    code, body = await cli("models", "list", "--model-id", "propensity-deposit")
+    assert [(v["version"], v["status"]) for v in body["model_versions"]] == [(1, "champion")]
