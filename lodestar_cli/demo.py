@@ -31,7 +31,7 @@ DEMO_CUSTOMER_COUNT = 200
 DEMO_CUSTOMER_ID = "demo-0001"
 DEMO_PARTNER_ID = "demo-shop"
 DEMO_PARTNER_NAME = "Demo Shop"
-DEMO_PARTNER_SCOPES = ("offers:read", "leads:write", "leads:read", "conversions:write")
+DEMO_PARTNER_SCOPES = ("offers:read", "leads:write", "leads:read", "conversions:write", "engagement:write")
 CONSENT_SOURCE = "demo"
 CONSENT_ACTOR = "demo-loader"
 # The reference day birth dates are drawn against; fixed so the data does not change from day to day.

@@ -160,6 +160,24 @@ class LeadRow(Base):
     update_time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
+class EngagementRow(Base):
+    """A partner's report that the customer viewed or clicked a presented offer; forwarded like leads."""
+
+    __tablename__ = "engagements"
+
+    engagement_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    partner_id: Mapped[str] = mapped_column(String(128), ForeignKey("partners.partner_id"), index=True)
+    customer_ref: Mapped[str] = mapped_column(String(32))
+    # The bank's id, for campaign; never returned to the partner.
+    customer_id: Mapped[str] = mapped_column(String(128))
+    offer_id: Mapped[str] = mapped_column(String(128))
+    decision_ref: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    event_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    forwarded: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
 class ConversionRow(Base):
     """A lead's conversion (at most one per lead). `forwarded` as for leads."""
 

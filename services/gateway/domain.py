@@ -72,11 +72,13 @@ SCOPE_OFFERS_READ = "offers:read"
 SCOPE_LEADS_WRITE = "leads:write"
 SCOPE_LEADS_READ = "leads:read"
 SCOPE_CONVERSIONS_WRITE = "conversions:write"
+SCOPE_ENGAGEMENT_WRITE = "engagement:write"
 RPC_SCOPES = {
     "GetOffers": SCOPE_OFFERS_READ,
     "SubmitLead": SCOPE_LEADS_WRITE,
     "ReportConversion": SCOPE_CONVERSIONS_WRITE,
     "GetLeadStatus": SCOPE_LEADS_READ,
+    "ReportEngagement": SCOPE_ENGAGEMENT_WRITE,
 }
 KNOWN_SCOPES = frozenset(RPC_SCOPES.values())
 # The one allow-list entry that admits every offer.
@@ -200,6 +202,42 @@ class LeadInput:
     customer_ref: str
     offer_id: str
     decision_ref: str
+
+
+# What a partner may report a customer did with a presented offer, and the response outcome campaign counts.
+ENGAGEMENT_OUTCOMES = {"VIEWED": "OPENED", "CLICKED": "CLICKED"}
+
+
+@dataclass(frozen=True)
+class EngagementInput:
+    """A validated ReportEngagement request."""
+
+    customer_ref: str
+    offer_id: str
+    decision_ref: str
+    kind: str  # a key of ENGAGEMENT_OUTCOMES
+    event_time: datetime | None
+
+
+@dataclass(frozen=True)
+class Engagement:
+    engagement_id: str
+    kind: str
+    event_time: datetime
+
+    @property
+    def name(self) -> str:
+        return f"engagements/{self.engagement_id}"
+
+
+def engagement_to_json(engagement: Engagement) -> bytes:
+    return json.dumps({"id": engagement.engagement_id, "kind": engagement.kind,
+                       "time": engagement.event_time.isoformat()}, sort_keys=True).encode()
+
+
+def engagement_from_json(raw: bytes) -> Engagement:
+    data = json.loads(raw)
+    return Engagement(data["id"], data["kind"], datetime.fromisoformat(data["time"]))
 
 
 @dataclass(frozen=True)

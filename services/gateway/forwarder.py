@@ -29,7 +29,8 @@ from typing import Any, Protocol
 from sqlalchemy import select, update
 
 from lodestar.campaign.v1 import response_service_pb2 as rpb
-from services.gateway.db import ConversionRow, GatewayUnitOfWork, LeadRow
+from services.gateway.db import ConversionRow, EngagementRow, GatewayUnitOfWork, LeadRow
+from services.gateway.domain import ENGAGEMENT_OUTCOMES
 from services.platform.config import ConfigError, ServiceSettings
 from services.platform.errors import DomainError
 from services.platform.timestamps import to_timestamp
@@ -83,6 +84,14 @@ def conversion_event(conversion: ConversionRow, lead: LeadRow) -> rpb.ResponseEv
                              event_id=f"gateway:conversion:{lead.lead_id}")
 
 
+def engagement_event(row: EngagementRow) -> rpb.ResponseEvent:
+    """A partner's VIEWED is campaign's OPENED, CLICKED is CLICKED (domain.ENGAGEMENT_OUTCOMES)."""
+    return rpb.ResponseEvent(decision=row.decision_ref, customer_id=row.customer_id, offer_id=row.offer_id,
+                             outcome=rpb.ResponseOutcome.Value(f"RESPONSE_OUTCOME_{ENGAGEMENT_OUTCOMES[row.kind]}"),
+                             response_time=to_timestamp(row.event_time),
+                             event_id=f"gateway:engagement:{row.engagement_id}")
+
+
 def request_id_for(events: list[rpb.ResponseEvent]) -> str:
     digest = hashlib.sha256("\n".join(e.event_id for e in events).encode()).hexdigest()
     return f"gateway-forward-{digest[:40]}"
@@ -105,9 +114,14 @@ class Forwarder:
                 select(ConversionRow, LeadRow).join(LeadRow, LeadRow.lead_id == ConversionRow.lead_id)
                 .where(ConversionRow.forwarded.is_(False))
                 .order_by(ConversionRow.create_time, ConversionRow.lead_id).limit(self.batch_size))).tuples())
-            events = [lead_event(lead) for lead in leads] + [conversion_event(c, lead) for c, lead in pairs]
+            engagements = list(await uow.session.scalars(
+                select(EngagementRow).where(EngagementRow.forwarded.is_(False))
+                .order_by(EngagementRow.create_time, EngagementRow.engagement_id).limit(self.batch_size)))
+            events = [lead_event(lead) for lead in leads] + [conversion_event(c, lead) for c, lead in pairs] + [
+                engagement_event(e) for e in engagements]
             lead_ids = [lead.lead_id for lead in leads]
             conversion_ids = [c.lead_id for c, _ in pairs]
+            engagement_ids = [e.engagement_id for e in engagements]
         if not events:
             return ForwardResult(0, 0, {})
         try:
@@ -125,11 +139,16 @@ class Forwarder:
                 await uow.session.execute(update(ConversionRow).where(ConversionRow.lead_id.in_(conversion_ids),
                                                                       ConversionRow.forwarded.is_(False))
                                           .values(forwarded=True).execution_options(synchronize_session=False))
+            if engagement_ids:
+                await uow.session.execute(update(EngagementRow).where(EngagementRow.engagement_id.in_(engagement_ids),
+                                                                      EngagementRow.forwarded.is_(False))
+                                          .values(forwarded=True).execution_options(synchronize_session=False))
             await uow.commit()
         dispositions = dict(Counter({rpb.ResponseDisposition.Name(c.disposition).removeprefix(
             "RESPONSE_DISPOSITION_"): int(c.count) for c in answer.counts}))
         log.info("leads and conversions forwarded", extra={
-            "leads": len(lead_ids), "conversions": len(conversion_ids), "dispositions": dispositions})
+            "leads": len(lead_ids), "conversions": len(conversion_ids), "engagements": len(engagement_ids),
+            "dispositions": dispositions})
         return ForwardResult(len(lead_ids), len(conversion_ids), dispositions)
 
 

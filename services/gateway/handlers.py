@@ -23,6 +23,7 @@ from services.gateway.domain import (
     CURRENCY_PATTERN,
     CUSTOMER_REF_PATTERN,
     DEFAULT_MAX_OFFERS,
+    ENGAGEMENT_OUTCOMES,
     KEY_ACTIVE,
     KEY_EXPIRED,
     KEY_EXPIRING,
@@ -38,6 +39,7 @@ from services.gateway.domain import (
     ClientCertificate,
     ConversionInput,
     Decision,
+    EngagementInput,
     Lead,
     LeadInput,
     Money,
@@ -227,6 +229,19 @@ def lead_from_proto(request: partner_service_pb2.SubmitLeadRequest) -> LeadInput
                      decision_ref=request.decision_ref)
 
 
+def engagement_from_proto(request: partner_service_pb2.ReportEngagementRequest) -> EngagementInput:
+    _require_request_id(request.request_id)
+    lead = lead_from_proto(partner_service_pb2.SubmitLeadRequest(  # the same reference checks as a lead
+        request_id=request.request_id, customer_ref=request.customer_ref, offer_id=request.offer_id,
+        decision_ref=request.decision_ref))
+    kind = partner_service_pb2.EngagementKind.Name(request.kind).removeprefix("ENGAGEMENT_KIND_") \
+        if request.kind in partner_service_pb2.EngagementKind.values() else ""
+    if kind not in ENGAGEMENT_OUTCOMES:
+        raise InvalidArgument.field("kind", "must be VIEWED or CLICKED", reason="INVALID_ENGAGEMENT_KIND")
+    return EngagementInput(customer_ref=lead.customer_ref, offer_id=lead.offer_id, decision_ref=lead.decision_ref,
+                           kind=kind, event_time=timestamps.from_field(request, "event_time"))
+
+
 def conversion_from_proto(request: partner_service_pb2.ReportConversionRequest) -> ConversionInput:
     _require_request_id(request.request_id)
     lead_id = parse_name(request.lead, "leads", field="lead")
@@ -311,6 +326,21 @@ class PartnerHandlers(partner_service_pb2_grpc.PartnerServiceServicer):
             key = key_for(f"{principal.partner_id}/ReportConversion", request)
             converted = await self.service.report_conversion(principal, conversion, key)
             return partner_service_pb2.ReportConversionResponse(lead=lead_to_proto(converted))
+
+    async def ReportEngagement(self, request: partner_service_pb2.ReportEngagementRequest,
+                               context: grpc.aio.ServicerContext) -> partner_service_pb2.ReportEngagementResponse:
+        with Audit("ReportEngagement", "partner") as audit:
+            principal = await self.service.admit(metadata_value(context, API_KEY_HEADER), "ReportEngagement",
+                                                  client_certificate(context))
+            audit.partner_id, audit.key_id = principal.partner_id, principal.key_id
+            audit.cert_fingerprint = principal.cert_fingerprint
+            engagement = engagement_from_proto(request)
+            key = key_for(f"{principal.partner_id}/ReportEngagement", request)
+            created = await self.service.report_engagement(principal, engagement, key)
+            audit.resource = created.name
+            return partner_service_pb2.ReportEngagementResponse(
+                engagement=created.name, event_time=_ts(created.event_time),
+                kind=partner_service_pb2.EngagementKind.Value(f"ENGAGEMENT_KIND_{created.kind}"))
 
     async def GetLeadStatus(self, request: partner_service_pb2.GetLeadStatusRequest,
                             context: grpc.aio.ServicerContext) -> partner_service_pb2.GetLeadStatusResponse:

@@ -19,7 +19,7 @@ import sqlalchemy.exc
 from opentelemetry import trace
 
 from services.gateway import auth
-from services.gateway.db import ConversionRow, GatewayUnitOfWork, LeadRow, lead_from_rows
+from services.gateway.db import ConversionRow, EngagementRow, GatewayUnitOfWork, LeadRow, lead_from_rows
 from services.gateway.db import IdempotencyKey as IdempotencyKeyRow
 from services.gateway.domain import (
     ALL_OFFERS,
@@ -37,6 +37,8 @@ from services.gateway.domain import (
     ClientCertificate,
     ConversionInput,
     Decision,
+    Engagement,
+    EngagementInput,
     IssuedApiKey,
     Lead,
     LeadInput,
@@ -45,6 +47,8 @@ from services.gateway.domain import (
     PartnerPolicy,
     Principal,
     Quota,
+    engagement_from_json,
+    engagement_to_json,
     lead_from_json,
     lead_to_json,
     partner_from_json,
@@ -75,6 +79,7 @@ log = logging.getLogger("lodestar.gateway")
 
 PARTNER_CODEC = Codec(encode=partner_to_json, decode=partner_from_json)
 LEAD_CODEC = Codec(encode=lead_to_json, decode=lead_from_json)
+ENGAGEMENT_CODEC = Codec(encode=engagement_to_json, decode=engagement_from_json)
 
 # Campaign's own maximum: asked for when the allow-list filters the ranking, so that n allowed offers remain.
 CAMPAIGN_MAX_OFFERS = 20
@@ -557,6 +562,40 @@ class GatewayService:
         converted = await run_idempotent(self.uow_factory, IdempotencyKeyRow, key, LEAD_CODEC, convert)
         log.info("conversion received", extra={"partner_id": principal.partner_id, "lead": converted.name})
         return converted
+
+    async def report_engagement(self, principal: Principal, engagement: EngagementInput,
+                                key: IdempotencyKey | None) -> Engagement:
+        """Like a lead, an engagement must name an offer GetOffers presented to this partner for this customer in
+        that decision; it is stored and forwarded to campaign's RecordResponses (forwarder.py)."""
+
+        async def create(uow: GatewayUnitOfWork) -> Engagement:
+            customer_id = await uow.links.customer_id(principal.partner_id, engagement.customer_ref)
+            if customer_id is None:
+                raise customer_not_found(engagement.customer_ref)
+            _annotate(customer_id=customer_id)
+            if not await uow.leads.decision_known(principal.partner_id, engagement.decision_ref,
+                                                  engagement.customer_ref):
+                raise NotFound("decision", engagement.decision_ref, reason="DECISION_NOT_FOUND")
+            if not await uow.leads.was_presented(principal.partner_id, engagement.decision_ref,
+                                                 engagement.customer_ref, engagement.offer_id):
+                raise FailedPrecondition("OFFER_NOT_PRESENTED",
+                                         "the offer was not presented to this customer in that decision")
+            now = self.clock()
+            when = engagement.event_time or now
+            if when > now + timedelta(minutes=5):
+                raise InvalidArgument.field("event_time", "is in the future", reason="EVENT_TIME_IN_THE_FUTURE")
+            row = EngagementRow(engagement_id=uuid.uuid4().hex, partner_id=principal.partner_id,
+                                customer_ref=engagement.customer_ref, customer_id=customer_id,
+                                offer_id=engagement.offer_id, decision_ref=engagement.decision_ref,
+                                kind=engagement.kind, event_time=when, forwarded=False, create_time=now)
+            uow.session.add(row)
+            await uow.session.flush()
+            return Engagement(row.engagement_id, row.kind, when)
+
+        created = await run_idempotent(self.uow_factory, IdempotencyKeyRow, key, ENGAGEMENT_CODEC, create)
+        log.info("engagement received", extra={"partner_id": principal.partner_id, "engagement": created.name,
+                                               "kind": created.kind})
+        return created
 
     async def get_lead(self, principal: Principal, lead_id: str) -> Lead:
         async with self.uow_factory() as uow:

@@ -119,3 +119,69 @@ async def test_nothing_is_marked_while_campaign_is_down(services):
         await gateway.runtime.components["forwarder"].forward_once()
     assert caught.value.reason in ("DEPENDENCY_UNAVAILABLE", "DEPENDENCY_DEADLINE_EXCEEDED")
     assert await flags(gateway) == ({"L9": False}, {})
+
+
+async def test_partner_engagement_is_validated_stored_and_forwarded_as_a_response(start, services):
+    import grpc
+
+    from lodestar.gateway.v1 import gateway_admin_service_pb2 as apb
+    from lodestar.gateway.v1 import gateway_admin_service_pb2_grpc as apbg
+    from lodestar.gateway.v1 import partner_service_pb2 as ppb
+    from lodestar.gateway.v1 import partner_service_pb2_grpc as ppbg
+    from services.gateway.db import EngagementRow, PresentedOfferRow
+    from tests.helpers import expect_error
+
+    campaign, _ = services
+    gateway = await start(GATEWAY, CAMPAIGN_SERVICE_ADDR=f"127.0.0.1:{campaign.port}", GATEWAY_ADMIN_TOKEN="t0k",
+                          GATEWAY_FORWARD_INTERVAL_SECONDS="3600")
+    admin_md = (("x-admin-token", "t0k"),)
+    async with grpc.aio.insecure_channel(gateway.address) as channel:
+        admin, partner = apbg.GatewayAdminServiceStub(channel), ppbg.PartnerServiceStub(channel)
+        await admin.CreatePartner(apb.CreatePartnerRequest(partner=apb.Partner(partner_id="shop", display_name="S")),
+                                  metadata=admin_md)
+        await admin.SetPartnerScopes(apb.SetPartnerScopesRequest(partner="partners/shop", scopes=["offers:read"]),
+                                     metadata=admin_md)
+        key = (await admin.CreateApiKey(apb.CreateApiKeyRequest(partner="partners/shop"), metadata=admin_md)).api_key
+        ref = (await admin.IssuePseudonym(apb.IssuePseudonymRequest(partner="partners/shop", customer_id="bank-42"),
+                                          metadata=admin_md)).customer_ref
+        async with gateway.runtime.database.sessionmaker() as session:
+            session.add(PresentedOfferRow(partner_id="shop", decision_ref="decisions/d1", customer_ref=ref,
+                                          offer_id="dep", create_time=T0))
+            await session.commit()
+        md = (("x-api-key", key),)
+
+        def report(request_id, **fields):
+            values = {"customer_ref": ref, "offer_id": "dep", "decision_ref": "decisions/d1",
+                      "kind": ppb.ENGAGEMENT_KIND_CLICKED, **fields}
+            return partner.ReportEngagement(ppb.ReportEngagementRequest(request_id=request_id, **values), metadata=md)
+
+        await expect_error(report("e-0"), grpc.StatusCode.PERMISSION_DENIED, "SCOPE_MISSING")
+        await admin.SetPartnerScopes(apb.SetPartnerScopesRequest(
+            partner="partners/shop", scopes=["offers:read", "engagement:write"]), metadata=admin_md)
+        await expect_error(report("e-1", kind=ppb.ENGAGEMENT_KIND_UNSPECIFIED), grpc.StatusCode.INVALID_ARGUMENT,
+                           "INVALID_ENGAGEMENT_KIND")
+        await expect_error(report("e-2", decision_ref="decisions/nope"), grpc.StatusCode.NOT_FOUND,
+                           "DECISION_NOT_FOUND")
+        await expect_error(report("e-3", offer_id="other"), grpc.StatusCode.FAILED_PRECONDITION,
+                           "OFFER_NOT_PRESENTED")
+        future = datetime.now(UTC) + timedelta(hours=1)
+        from google.protobuf import timestamp_pb2
+
+        when = timestamp_pb2.Timestamp()
+        when.FromDatetime(future)
+        await expect_error(report("e-4", event_time=when), grpc.StatusCode.INVALID_ARGUMENT,
+                           "EVENT_TIME_IN_THE_FUTURE")
+        async with gateway.runtime.database.sessionmaker() as session:
+            assert list(await session.scalars(select(EngagementRow))) == []  # nothing written by a refusal
+        clicked = await report("e-5")
+        assert clicked.engagement.startswith("engagements/") and clicked.kind == ppb.ENGAGEMENT_KIND_CLICKED
+        assert await report("e-5") == clicked  # a retry replays the first answer
+        viewed = await report("e-6", kind=ppb.ENGAGEMENT_KIND_VIEWED)
+        assert "bank-42" not in str(clicked) + str(viewed)  # the partner never sees the bank's id
+
+    result = await gateway.runtime.components["forwarder"].forward_once()
+    assert result.dispositions == {"RECORDED": 2}
+    assert sorted(r[3] for r in await responses(campaign)) == ["CLICKED", "OPENED"]
+    assert {(r[0], r[1], r[2], r[6]) for r in await responses(campaign)} == {("always", "b", "bank-42", "d1")}
+    async with gateway.runtime.database.sessionmaker() as session:
+        assert [r.forwarded for r in await session.scalars(select(EngagementRow))] == [True, True]

@@ -41,7 +41,7 @@ from tests.integration.test_gateway_service import (  # noqa: F401 - fixtures
     rows,
 )
 
-ALL_SCOPES = ["offers:read", "leads:write", "leads:read", "conversions:write"]
+ALL_SCOPES = ["offers:read", "leads:write", "leads:read", "conversions:write", "engagement:write"]
 UNAUTH, DENIED = grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED
 
 
@@ -368,9 +368,9 @@ async def test_conversion_validation(gateway: Gateway, revenue: Any, reason: str
 
 # --- the authorisation matrix ---------------------------------------------------------------------------------------
 
-RPCS = ("GetOffers", "SubmitLead", "ReportConversion", "GetLeadStatus")
+RPCS = ("GetOffers", "SubmitLead", "ReportConversion", "GetLeadStatus", "ReportEngagement")
 SCOPE_OF = {"GetOffers": "offers:read", "SubmitLead": "leads:write", "ReportConversion": "conversions:write",
-            "GetLeadStatus": "leads:read"}
+            "GetLeadStatus": "leads:read", "ReportEngagement": "engagement:write"}
 
 
 class Matrix:
@@ -411,6 +411,10 @@ class Matrix:
             return p.ReportConversion(ppb.ReportConversionRequest(
                 request_id="m-2", lead=self.lead, revenue=ppb.Money(currency_code="CNY", units=1)),
                 metadata=metadata)
+        if rpc == "ReportEngagement":
+            return p.ReportEngagement(ppb.ReportEngagementRequest(
+                request_id="m-3", customer_ref=self.ref, offer_id="card-gold", decision_ref="decisions/dec-0001",
+                kind=ppb.ENGAGEMENT_KIND_CLICKED), metadata=metadata)
         return p.GetLeadStatus(ppb.GetLeadStatusRequest(lead=self.lead), metadata=metadata)
 
 
@@ -421,7 +425,8 @@ async def test_authorisation_matrix(gateway: Gateway, fake_campaign: tuple[FakeC
     service.clock = lambda: utcnow() + timedelta(seconds=5)  # past the rotated key's 1 s overlap
     decides = len(fake_campaign[0].requests)
     other_partner_reason = {"GetOffers": "CUSTOMER_NOT_FOUND", "SubmitLead": "CUSTOMER_NOT_FOUND",
-                            "ReportConversion": "LEAD_NOT_FOUND", "GetLeadStatus": "LEAD_NOT_FOUND"}
+                            "ReportConversion": "LEAD_NOT_FOUND", "GetLeadStatus": "LEAD_NOT_FOUND",
+                            "ReportEngagement": "CUSTOMER_NOT_FOUND"}
     checked = 0
     for rpc in RPCS:
         cases: list[tuple[str, str | None, grpc.StatusCode, str]] = [

@@ -30,6 +30,7 @@ from lodestar.gateway.v1 import (
 from services.gateway import auth
 from services.gateway.app import DEFINITION
 from services.gateway.db import ApiKeyRow, Base, PartnerCustomerRow, PartnerRow
+from services.gateway.domain import KNOWN_SCOPES
 from services.platform.logs import JsonFormatter
 from services.platform.masking import customer_token
 from services.platform.server import RunningService
@@ -136,7 +137,7 @@ class Gateway:
         """Every partner scope and every offer (a new partner has none)."""
         name = f"partners/{partner_id}"
         await self.admin.SetPartnerScopes(gateway_admin_service_pb2.SetPartnerScopesRequest(
-            partner=name, scopes=["offers:read", "leads:write", "leads:read", "conversions:write"]), metadata=ADMIN)
+            partner=name, scopes=sorted(KNOWN_SCOPES)), metadata=ADMIN)
         await self.admin.SetPartnerOffers(gateway_admin_service_pb2.SetPartnerOffersRequest(
             partner=name, offer_ids=["*"]), metadata=ADMIN)
 
