@@ -46,6 +46,7 @@ from services.gateway.domain import (
     OfferQuery,
     Partner,
     PartnerPolicy,
+    Principal,
     Quota,
 )
 from services.gateway.service import GatewayService
@@ -289,13 +290,18 @@ class PartnerHandlers(partner_service_pb2_grpc.PartnerServiceServicer):
     def __init__(self, service: GatewayService) -> None:
         self.service = service
 
+    async def _admit(self, context: grpc.aio.ServicerContext, rpc: str, audit: Audit) -> Principal:
+        """Authenticates the call (API key or client certificate), checks the RPC's scope, rate and quota, and
+        names the partner in its audit line."""
+        principal = await self.service.admit(metadata_value(context, API_KEY_HEADER), rpc, client_certificate(context))
+        audit.partner_id, audit.key_id = principal.partner_id, principal.key_id
+        audit.cert_fingerprint = principal.cert_fingerprint
+        return principal
+
     async def GetOffers(self, request: partner_service_pb2.GetOffersRequest,
                         context: grpc.aio.ServicerContext) -> partner_service_pb2.GetOffersResponse:
         with Audit("GetOffers", "partner") as audit:
-            principal = await self.service.admit(metadata_value(context, API_KEY_HEADER), "GetOffers",
-                                                  client_certificate(context))
-            audit.partner_id, audit.key_id = principal.partner_id, principal.key_id
-            audit.cert_fingerprint = principal.cert_fingerprint
+            principal = await self._admit(context, "GetOffers", audit)
             query = offer_query_from_proto(request)
             decision = await self.service.get_offers(principal, query)
             return decision_to_proto(decision)
@@ -303,10 +309,7 @@ class PartnerHandlers(partner_service_pb2_grpc.PartnerServiceServicer):
     async def SubmitLead(self, request: partner_service_pb2.SubmitLeadRequest,
                          context: grpc.aio.ServicerContext) -> partner_service_pb2.SubmitLeadResponse:
         with Audit("SubmitLead", "partner") as audit:
-            principal = await self.service.admit(metadata_value(context, API_KEY_HEADER), "SubmitLead",
-                                                  client_certificate(context))
-            audit.partner_id, audit.key_id = principal.partner_id, principal.key_id
-            audit.cert_fingerprint = principal.cert_fingerprint
+            principal = await self._admit(context, "SubmitLead", audit)
             lead = lead_from_proto(request)
             # Request ids are per partner: another partner's id never collides, never replays.
             key = key_for(f"{principal.partner_id}/SubmitLead", request)
@@ -317,10 +320,7 @@ class PartnerHandlers(partner_service_pb2_grpc.PartnerServiceServicer):
     async def ReportConversion(self, request: partner_service_pb2.ReportConversionRequest,
                                context: grpc.aio.ServicerContext) -> partner_service_pb2.ReportConversionResponse:
         with Audit("ReportConversion", "partner") as audit:
-            principal = await self.service.admit(metadata_value(context, API_KEY_HEADER), "ReportConversion",
-                                                  client_certificate(context))
-            audit.partner_id, audit.key_id = principal.partner_id, principal.key_id
-            audit.cert_fingerprint = principal.cert_fingerprint
+            principal = await self._admit(context, "ReportConversion", audit)
             conversion = conversion_from_proto(request)
             audit.resource = f"leads/{conversion.lead_id}"
             key = key_for(f"{principal.partner_id}/ReportConversion", request)
@@ -330,10 +330,7 @@ class PartnerHandlers(partner_service_pb2_grpc.PartnerServiceServicer):
     async def ReportEngagement(self, request: partner_service_pb2.ReportEngagementRequest,
                                context: grpc.aio.ServicerContext) -> partner_service_pb2.ReportEngagementResponse:
         with Audit("ReportEngagement", "partner") as audit:
-            principal = await self.service.admit(metadata_value(context, API_KEY_HEADER), "ReportEngagement",
-                                                  client_certificate(context))
-            audit.partner_id, audit.key_id = principal.partner_id, principal.key_id
-            audit.cert_fingerprint = principal.cert_fingerprint
+            principal = await self._admit(context, "ReportEngagement", audit)
             engagement = engagement_from_proto(request)
             key = key_for(f"{principal.partner_id}/ReportEngagement", request)
             created = await self.service.report_engagement(principal, engagement, key)
@@ -345,10 +342,7 @@ class PartnerHandlers(partner_service_pb2_grpc.PartnerServiceServicer):
     async def GetLeadStatus(self, request: partner_service_pb2.GetLeadStatusRequest,
                             context: grpc.aio.ServicerContext) -> partner_service_pb2.GetLeadStatusResponse:
         with Audit("GetLeadStatus", "partner") as audit:
-            principal = await self.service.admit(metadata_value(context, API_KEY_HEADER), "GetLeadStatus",
-                                                  client_certificate(context))
-            audit.partner_id, audit.key_id = principal.partner_id, principal.key_id
-            audit.cert_fingerprint = principal.cert_fingerprint
+            principal = await self._admit(context, "GetLeadStatus", audit)
             lead_id = parse_name(request.lead, "leads", field="lead")
             audit.resource = f"leads/{lead_id}"
             lead = await self.service.get_lead(principal, lead_id)
