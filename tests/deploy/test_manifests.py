@@ -67,6 +67,9 @@ LABEL_NAME = "app.kubernetes.io/name"
 LABEL_PART_OF = "app.kubernetes.io/part-of"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 WORKLOAD_KINDS = ("Deployment", "Job")
+# Jobs besides `<svc>-migrate`, per service: run on demand (suspended), with the service's database and
+# collector egress only (tests/deploy/test_settings.py checks them).
+ON_DEMAND_JOBS = {"profile": ("profile-rotate-keys",)}
 APPLY_AFTER = "lodestar.io/apply-after"
 
 
@@ -729,7 +732,8 @@ def expected_edges(db_peer: str, pod_ids: list[str]) -> set[tuple[str, str, str]
     exp = {(f"Deployment/{a}", f"Deployment/{b}", f"{SERVICES[b]}/TCP") for a, b in CALL_GRAPH}
     exp.add((EXTERNAL, "Deployment/gateway", f"{SERVICES['gateway']}/TCP"))
     for svc in SERVICES:
-        for src in (f"Deployment/{svc}", f"Job/{svc}-migrate"):
+        jobs = (f"{svc}-migrate", *ON_DEMAND_JOBS.get(svc, ()))
+        for src in (f"Deployment/{svc}", *(f"Job/{job}" for job in jobs)):
             exp.add((src, f"Deployment/{COLLECTOR}", f"{OTLP_GRPC_PORT}/TCP"))
             exp.add((src, db_peer, f"{POSTGRES_PORT}/TCP"))
     for pod in pod_ids:
