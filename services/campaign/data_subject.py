@@ -10,6 +10,13 @@ decision snapshot (attributes, region, age) and the history row's context. Launc
 member's assignment in a compressed blob: the blobs that hold the customer are rewritten with the pseudonym.
 Stored idempotent responses holding the customer id are deleted. One transaction, recorded under the request id:
 a retry replays the same receipt. Counts per campaign, arm and offer are unchanged by construction.
+
+Messages not yet sent are cancelled first, while the rows still carry the id: outbox rows the dispatcher has not
+taken (PENDING) get a delivery row dead-lettered `CUSTOMER_ERASED` (so that per-launch statistics still count them),
+and deliveries QUEUED, or SENDING but not yet in flight (a dispatcher is deciding: its in-flight mark is conditional
+on the row still being SENDING, so it then loses the claim and never sends) become DEAD `CUSTOMER_ERASED`, their
+outbox rows DEAD too. A delivery in flight and SENDING (the provider may be being called right now) is not
+touched (docs/data-subject-requests.md, Limits). The receipt counts the cancelled messages (`campaign_deliveries`).
 """
 
 from __future__ import annotations
@@ -22,12 +29,14 @@ from typing import Any
 import grpc
 import numpy as np
 from opentelemetry import trace
-from sqlalchemy import Table, func, or_, select, update
+from sqlalchemy import Table, and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from lodestar.common.v1 import data_subject_pb2 as pb
 from lodestar.common.v1 import data_subject_pb2_grpc as pbg
 from services.campaign import batch_decisions
-from services.campaign.db import Base, BatchDecisionRow, IdempotencyKey, LaunchPartitionRow
+from services.campaign.db import Base, BatchDecisionRow, DeliveryRow, IdempotencyKey, LaunchPartitionRow, OutboxRow
+from services.campaign.dispatch import DEAD, OUTBOX_PENDING, QUEUED, SENDING
 from services.campaign.launch import PartitionResult
 from services.platform.data_subject import canonical, json_value, receipt_digest, scrub_idempotency_keys
 from services.platform.db import Database, UnitOfWork, utcnow
@@ -44,6 +53,8 @@ ERASE_METHOD = f"/{SERVICE_NAME}/EraseCustomerData"
 # Columns describing the person, cleared on erasure (the outcome columns stay).
 CLEARED: dict[str, dict[str, Any]] = {"decisions": {"snapshot": None}, "campaign_history": {"context": {}}}
 ASSIGNMENTS = "launch_assignments"
+# The dead-letter reason of a message cancelled because its customer was erased (never sent, never retried).
+CUSTOMER_ERASED = "CUSTOMER_ERASED"
 
 
 def new_pseudonym() -> str:
@@ -112,9 +123,42 @@ class CampaignDataSubject:
         return pb.ExportCustomerDataResponse(service=SERVICE, sections=sections, digest=digest.hexdigest(),
                                              export_time=to_timestamp(utcnow()))
 
+    async def _cancel_pending(self, uow: UnitOfWork, customer_id: str) -> int:
+        """Dead-letters the customer's messages not yet sent (see the module's docstring); returns how many.
+        The outbox first: on PostgreSQL its UPDATE waits for a dispatcher enqueueing those rows (FOR UPDATE), so
+        that the deliveries' UPDATE, a later statement, sees what the enqueue committed."""
+        now = utcnow()
+        taken = (await uow.session.execute(
+            update(OutboxRow).where(OutboxRow.customer_id == customer_id, OutboxRow.state == OUTBOX_PENDING)
+            .values(state=DEAD)
+            .returning(OutboxRow.id, OutboxRow.delivery_key, OutboxRow.launch_id, OutboxRow.channel)
+            .execution_options(synchronize_session=False))).all()
+        if taken:
+            insert = postgresql.insert if uow.session.bind.dialect.name == "postgresql" else sqlite.insert
+            await uow.session.execute(insert(DeliveryRow).values([{
+                "delivery_key": r.delivery_key, "outbox_id": r.id, "launch_id": r.launch_id or "",
+                "channel": r.channel, "state": DEAD, "next_attempt_time": now, "in_flight": False, "attempts": 0,
+                "deferrals": 0, "reservation_generation": 0, "last_reason": CUSTOMER_ERASED, "dead_time": now,
+                "provider_message_id": "", "delivery_status": "", "ignored_callbacks": 0, "create_time": now,
+                "update_time": now} for r in taken]).on_conflict_do_nothing())
+        cancelled = (await uow.session.execute(
+            update(DeliveryRow)
+            .where(DeliveryRow.outbox_id.in_(select(OutboxRow.id).where(OutboxRow.customer_id == customer_id)),
+                   or_(DeliveryRow.state == QUEUED,
+                       and_(DeliveryRow.state == SENDING, DeliveryRow.in_flight.is_(False))))
+            .values(state=DEAD, last_reason=CUSTOMER_ERASED, dead_time=now, claimed_by=None, lease_until=None,
+                    update_time=now)
+            .returning(DeliveryRow.outbox_id).execution_options(synchronize_session=False))).scalars().all()
+        if cancelled:
+            await uow.session.execute(update(OutboxRow).where(OutboxRow.id.in_(list(cancelled))).values(state=DEAD)
+                                      .execution_options(synchronize_session=False))
+        return len(taken) + len(cancelled)
+
     async def _erase(self, uow: UnitOfWork, customer_id: str, request_id: str) -> pb.ErasureReceipt:
         pseudonym = new_pseudonym()
         tables: list[pb.TableReceipt] = []
+        cancelled = await self._cancel_pending(uow, customer_id)
+        cancel_note = f"messages cancelled before sending (dead letter {CUSTOMER_ERASED}): {cancelled}"
         for table in delivery_key_tables():
             # Delivery keys embed the customer as "<launch>:<customer>" (or "...:<customer>:..."): rewritten first,
             # while the rows still carry the id.
@@ -125,7 +169,11 @@ class CampaignDataSubject:
                                         column.like(f"%:{escaped}:%", escape="\\")))
                 .values(delivery_key=_rewrite_key(column, customer_id, pseudonym)))
             count = max(result.rowcount or 0, 0)  # type: ignore[attr-defined]
-            if count and "customer_id" not in table.c:
+            if table.name == DeliveryRow.__tablename__:
+                # one entry for the dispatcher's table, always: the cancelled messages are counted in its note
+                tables.append(pb.TableReceipt(table=table.name, rows_pseudonymised=count,
+                                              note=f"delivery keys rewritten; {cancel_note}"))
+            elif count and "customer_id" not in table.c:
                 tables.append(pb.TableReceipt(table=table.name, rows_pseudonymised=count,
                                               note="delivery keys rewritten"))
         for table in customer_tables():

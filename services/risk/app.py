@@ -59,6 +59,7 @@ async def register(server: grpc.aio.Server, runtime: Runtime) -> None:
         fraud_policy=fraud.policy_from(runtime.settings.extra),
         student_rules=student_rules_from(runtime.settings.extra),
         label_events=_profile_events(runtime).events,
+        dsr_hash_key=dsr.settings_from(runtime.settings.extra).hash_key,  # erased customers stay suppressed
     )
     runtime.components["service"] = service
     risk_service_pb2_grpc.add_RiskServiceServicer_to_server(RiskHandlers(service), server)

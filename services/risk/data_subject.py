@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import Table, delete, func, or_, select, update
@@ -40,9 +41,34 @@ RETAINED_PREFIX = "aml_"
 HASH_PREFIX = "dsr:"
 
 
+# The key's setting and its development default (dsr.py imports them from here: it imports grpc, which the
+# service layer does not).
+HASH_KEY_SETTING = "RISK_DSR_HASH_KEY"
+DEVELOPMENT_HASH_KEY = "lodestar-dsr-development-key"
+
+
 def customer_hash(key: bytes, customer_id: str) -> str:
     """The one-way keyed value a customer's kept records carry after erasure (64 hex characters)."""
     return hmac.new(key, customer_id.encode(), hashlib.sha256).hexdigest()
+
+
+def hash_key_from(settings: Mapping[str, str] | None = None) -> bytes:
+    """RISK_DSR_HASH_KEY from `settings` (default: the process environment), else the development key."""
+    source = os.environ if settings is None else settings
+    return (source.get(HASH_KEY_SETTING, "").strip() or DEVELOPMENT_HASH_KEY).encode()
+
+
+def kept_ids(key: bytes, customer_ids: Iterable[str]) -> dict[str, str]:
+    """`dsr:<hmac>` -> customer id, for every id: what an erased customer's kept records are filed under, so that
+    screening finds a do-not-contact entry or a complaint that outlived the erasure (the customer re-imported
+    under the same bank id). About a microsecond per id (the keyed state is computed once and copied)."""
+    keyed = hmac.new(key, digestmod=hashlib.sha256)
+    out: dict[str, str] = {}
+    for customer_id in customer_ids:
+        h = keyed.copy()
+        h.update(customer_id.encode())
+        out[HASH_PREFIX + h.hexdigest()] = customer_id
+    return out
 
 
 def customer_tables() -> list[Table]:

@@ -33,6 +33,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -384,14 +385,25 @@ class ContactStateRepository:
         self.session = session
 
     async def load(self, customer_ids: Sequence[str], *, now: datetime, earliest: datetime, latest: datetime,
-                   with_contacts: bool = True) -> dict[str, ContactState]:
+                   with_contacts: bool = True, kept: Mapping[str, str] | None = None) -> dict[str, ContactState]:
         """State per customer: latest consent per (channel, purpose), do-not-contact, last complaint, and the
         confirmed or active (unexpired) reservations with contact_time in [earliest, latest]. Customers risk
-        holds nothing about are absent (their state is an empty ContactState: see NO_STATE)."""
+        holds nothing about are absent (their state is an empty ContactState: see NO_STATE).
+
+        `kept` (`dsr:<hmac>` -> customer id, data_subject.kept_ids): do-not-contact entries and complaints kept
+        under an erased customer's keyed hash count as the customer's own (the latest entry of either wins), in
+        the same queries (the hashed ids join the chunk's ids)."""
         states: dict[str, ContactState] = {}
         ids = list(dict.fromkeys(customer_ids))
         dialect = self.session.bind.dialect.name
+        hashed: dict[str, list[str]] = {}
+        for kept_id, customer_id in (kept or {}).items():
+            hashed.setdefault(customer_id, []).append(kept_id)
         for chunk in _chunks(ids):
+            # the chunk's ids, then their keyed hashes; owner maps every one of them to the customer it stands for
+            owner = {customer_id: customer_id for customer_id in chunk}
+            owner.update({k: customer_id for customer_id in chunk for k in hashed.get(customer_id, ())})
+            policy_ids = list(owner) if hashed else list(chunk)
             ranked = select(
                 ConsentRecordRow,
                 func.row_number().over(
@@ -409,22 +421,30 @@ class ContactStateRepository:
                 )
                 _state(states, record.customer_id).consents[(record.channel, record.purpose)] = record
             dnc_ranked = select(
-                DoNotContactRow.customer_id, DoNotContactRow.action,
+                DoNotContactRow.customer_id, DoNotContactRow.action, DoNotContactRow.record_time, DoNotContactRow.id,
                 func.row_number().over(
                     partition_by=DoNotContactRow.customer_id,
                     order_by=(DoNotContactRow.record_time.desc(), DoNotContactRow.id.desc()),
                 ).label("rank"),
-            ).where(_among(DoNotContactRow.customer_id, chunk, dialect)).subquery()
-            for customer_id, action in await self.session.execute(
-                select(dnc_ranked.c.customer_id, dnc_ranked.c.action).where(dnc_ranked.c.rank == 1)
+            ).where(_among(DoNotContactRow.customer_id, policy_ids, dialect)).subquery()
+            newest: dict[str, tuple[datetime, int, str]] = {}
+            for stored_id, action, record_time, entry_id in await self.session.execute(
+                select(dnc_ranked.c.customer_id, dnc_ranked.c.action, dnc_ranked.c.record_time, dnc_ranked.c.id)
+                .where(dnc_ranked.c.rank == 1)
             ):
+                customer_id = owner[stored_id]
+                if customer_id not in newest or (record_time, entry_id) > newest[customer_id][:2]:
+                    newest[customer_id] = (record_time, entry_id, action)
+            for customer_id, (_, _, action) in newest.items():
                 _state(states, customer_id).do_not_contact = action == DoNotContactAction.ADD.value
             complaints = await self.session.execute(
                 select(ComplaintRow.customer_id, func.max(ComplaintRow.record_time))
-                .where(_among(ComplaintRow.customer_id, chunk, dialect)).group_by(ComplaintRow.customer_id)
+                .where(_among(ComplaintRow.customer_id, policy_ids, dialect)).group_by(ComplaintRow.customer_id)
             )
-            for customer_id, last in complaints:
-                _state(states, customer_id).last_complaint = last
+            for stored_id, last in complaints:
+                state = _state(states, owner[stored_id])
+                if state.last_complaint is None or last > state.last_complaint:
+                    state.last_complaint = last
             if with_contacts:
                 for customer_id, channel, contact_time in await self.session.execute(
                     _counted(now).where(
@@ -915,6 +935,14 @@ class DataSubjectRequestRow(Base):
     create_time: Mapped[datetime] = mapped_column(UtcDateTime())
     update_time: Mapped[datetime] = mapped_column(UtcDateTime())
     done_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+# At most one open (PENDING or RUNNING) erasure per customer (revision 0008): two first StartErasureRequest calls
+# racing past the "already requested?" read both insert; the loser's commit fails and its start answers the
+# winner's request (dsr.DsrService.start retries once on IntegrityError).
+OPEN_ERASURE = "kind = 'ERASURE' AND state IN ('PENDING', 'RUNNING')"
+Index("ix_dsr_requests_open_erasure", DataSubjectRequestRow.customer_hash, unique=True,
+      sqlite_where=text(OPEN_ERASURE), postgresql_where=text(OPEN_ERASURE))
 
 
 class DataSubjectStepRow(Base):

@@ -56,7 +56,7 @@ from services.platform.telemetry import ATTR_CUSTOMER_TOKEN
 from services.platform.timestamps import to_timestamp
 from services.platform.validation import check_id, parse_name
 from services.risk import audit
-from services.risk.data_subject import RiskDataSubject, customer_hash
+from services.risk.data_subject import DEVELOPMENT_HASH_KEY, HASH_KEY_SETTING, RiskDataSubject, customer_hash
 from services.risk.db import DataSubjectRequestRow, DataSubjectStepRow, RiskUnitOfWork
 
 log = logging.getLogger("lodestar.risk.dsr")
@@ -75,12 +75,11 @@ POLL_SECONDS = "RISK_DSR_POLL_SECONDS"
 LEASE_SECONDS = "RISK_DSR_LEASE_SECONDS"
 RETRY_SECONDS = "RISK_DSR_RETRY_SECONDS"
 STEP_PAUSE_SECONDS = "RISK_DSR_STEP_PAUSE_SECONDS"
-HASH_KEY = "RISK_DSR_HASH_KEY"
+HASH_KEY = HASH_KEY_SETTING
 ARCHIVE_DAYS = "RISK_DSR_ARCHIVE_DAYS"
 GATEWAY_ADMIN_TOKEN = "GATEWAY_ADMIN_TOKEN"  # noqa: S105  # nosec B105 - the variable's name
 DSR_SETTINGS = (POLL_SECONDS, LEASE_SECONDS, RETRY_SECONDS, STEP_PAUSE_SECONDS, HASH_KEY, GATEWAY_ADMIN_TOKEN,
                 ARCHIVE_DAYS)
-DEVELOPMENT_HASH_KEY = "lodestar-dsr-development-key"
 
 
 @dataclass(frozen=True)

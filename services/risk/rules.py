@@ -31,10 +31,14 @@ hold reasons that applied.
    VULNERABLE_CUSTOMER.
 
 Contact policy (policy 2026.12-1; outbound channels only, the same for every offer; listed after consent):
-6. Do-not-contact: the customer's latest do-not-contact entry is ADD -> DENY DO_NOT_CONTACT.
+6. Do-not-contact: the customer's latest do-not-contact entry is ADD -> DENY DO_NOT_CONTACT. The entries kept
+   after an erasure under the keyed hash `dsr:<hmac(customer id)>` (data_subject.py) are the customer's too:
+   a customer re-imported under the same bank id stays suppressed, unless a newer entry under the id removes it.
 7. Cool-off: a complaint, or a MARKETING consent withdrawal that is still the latest record of its channel,
    recorded less than the cool-off period (RISK_COOL_OFF_DAYS, default 30 days) before contact_time ->
    DENY COOL_OFF, on every outbound channel. A later grant on that channel ends a withdrawal's cool-off.
+   Complaints kept under the keyed hash count (an erased customer's consent records do not: a re-imported
+   customer starts without consent, so rule 1 denies until a new grant, which ends a withdrawal's cool-off).
 8. Caps (RISK_CAPS): for each cap of the channel and each cross-channel cap, the confirmed and active
    reservations within the cap's rolling period of contact_time (|t - contact_time| < period: day 24 h,
    week 7 days, month 30 days) already reach its limit -> HOLD FREQUENCY_CAP. The symmetric window makes

@@ -28,6 +28,7 @@ from services.platform.masking import customer_token
 from services.platform.telemetry import ServiceMetrics, service_metrics
 from services.risk import audit, credit_support, fraud, rules
 from services.risk.credit import CreditDataError, CreditScore, PdModel, label_from_events, train_pd_model
+from services.risk.data_subject import hash_key_from, kept_ids
 from services.risk.db import (
     AmlRepository,
     CreditModelRow,
@@ -162,8 +163,12 @@ class RiskService:
                  clock: Callable[[], datetime] = utcnow, metrics: ServiceMetrics | None = None,
                  fraud_policy: fraud.FraudPolicy | None = None,
                  student_rules: rules.StudentRules | None = None,
-                 label_events: LabelEvents | None = None) -> None:
+                 label_events: LabelEvents | None = None, dsr_hash_key: bytes | None = None) -> None:
         self.uow_factory = uow_factory
+        # RISK_DSR_HASH_KEY: an erased customer's do-not-contact entries and complaints are kept under
+        # `dsr:<hmac(id)>` (data_subject.py); screening looks them up too, so that a customer re-imported under the
+        # same bank id stays suppressed. None = read from the environment (as the service's settings are).
+        self.dsr_hash_key = dsr_hash_key if dsr_hash_key is not None else hash_key_from()
         # profile's events, for event-based credit labels (clients.ProfileEventsClient.events)
         self.label_events = label_events
         # RISK_STUDENT_RULES (rules.py rule 9); None = the default restrictions.
@@ -210,9 +215,11 @@ class RiskService:
         times = [item.contact_time for item in items]
         results: list[ScreeningResult] = []
         async with self.uow_factory() as uow:
+            customer_ids = list(dict.fromkeys(item.customer_id for item in items))
             states = await uow.states.load(
-                [item.customer_id for item in items], now=now, earliest=min(times) - longest,
+                customer_ids, now=now, earliest=min(times) - longest,
                 latest=max(times) + longest, with_contacts=bool(self.policy.caps),
+                kept=kept_ids(self.dsr_hash_key, customer_ids),
             )
             limits = await self._credit_limits(uow, offers, items, single=kind == "SCREEN")
             suspected = await self._fraud_suspected(uow, items, now)

@@ -82,15 +82,19 @@ class Stack:
 
 @pytest.fixture
 async def stack(start: Any) -> Any:
+    s = await make_stack(start)
+    yield s
+    await s.close()
+
+
+async def make_stack(start: Any) -> Stack:
     profile = await start(PROFILE)
     campaign = await start(CAMPAIGN, PROFILE_SERVICE_ADDR=profile.address, RISK_SERVICE_ADDR="127.0.0.1:9")
     gateway = await start(GATEWAY, CAMPAIGN_SERVICE_ADDR=campaign.address, GATEWAY_ADMIN_TOKEN=ADMIN)
     risk = await start(RISK, PROFILE_SERVICE_ADDR=profile.address, CAMPAIGN_SERVICE_ADDR=campaign.address,
                        GATEWAY_SERVICE_ADDR=gateway.address, GATEWAY_ADMIN_TOKEN=ADMIN, RISK_DSR_HASH_KEY=HASH_KEY,
                        RISK_DSR_POLL_SECONDS="0.05")
-    s = Stack(profile, campaign, gateway, risk)
-    yield s
-    await s.close()
+    return Stack(profile, campaign, gateway, risk)
 
 
 def ts(value: datetime) -> timestamp_pb2.Timestamp:
@@ -420,3 +424,140 @@ async def test_cli_access_erase_and_status(stack: Stack, tmp_path: Any, monkeypa
     code, error = await asyncio.to_thread(run, "dsr", "erase", "dsr-int-nobody", "--actor", "dpo-1", "--reason",
                                           "t-2", "--json")
     assert code == 1 and error["error"]["code"] == "NOT_FOUND" and error["error"]["reason"] == "CUSTOMER_NOT_FOUND"
+
+
+# --- follow-ups: re-imported customers stay suppressed; pending messages cancelled; one open erasure -----------
+
+
+@pytest.fixture
+async def keyed_stack(start: Any, monkeypatch: Any) -> Any:
+    """The stack; RISK_DSR_HASH_KEY reaches screening through the service's settings (services/risk/app.py), not
+    the process environment, which holds another key here to prove it."""
+    monkeypatch.setenv("RISK_DSR_HASH_KEY", "not-the-service-setting")
+    s = await make_stack(start)
+    yield s
+    await s.close()
+
+
+def daytime_sms(customer_id: str) -> spb.ScreenRequest:
+    request = spb.ScreenRequest(customer_id=customer_id, channel=c.CHANNEL_SMS,
+                                facts=spb.CustomerFacts(time_zone="Asia/Shanghai", birth_date="1988-03-02"),
+                                offers=[spb.OfferSubject(offer_id="deposit-1", product_type=c.PRODUCT_TYPE_DEPOSIT,
+                                                         risk_level=c.PRODUCT_RISK_LEVEL_R1)])
+    request.contact_time.CopyFrom(ts(datetime.now(UTC).replace(hour=2, minute=0, second=0, microsecond=0)))
+    return request
+
+
+async def test_an_erased_customer_who_comes_back_stays_suppressed(keyed_stack: Stack) -> None:
+    s = keyed_stack
+    await seed(s, CUSTOMER)  # consent, do-not-contact and a complaint in risk
+    await seed(s, OTHER, full_name="Wang Jun", email="wang.jun@example.cn", phone="+8613900001111")
+    started = await s.dsr.StartErasureRequest(pb.StartErasureRequestRequest(
+        customer_id=CUSTOMER, actor="dpo-1", reason="ticket 44"), timeout=10)
+    assert (await wait_done(s, started.request.name)).state == pb.DATA_SUBJECT_REQUEST_STATE_SUCCEEDED
+    # The bank re-imports the customer under the same id; nothing in risk is filed under the id any more.
+    customer = customer_pb2.Customer(customer_id=CUSTOMER, full_name="Lin M.", region="CN-31",
+                                     time_zone="Asia/Shanghai")
+    await ppbg.ProfileServiceStub(s.channels["profile"]).CreateCustomer(
+        ppb.CreateCustomerRequest(customer=customer, request_id="recreate-1"), timeout=10)
+    risk = rpbg.RiskServiceStub(s.channels["risk"])
+    await risk.RecordConsent(rpb.RecordConsentRequest(consent=spb.ConsentRecord(
+        customer_id=CUSTOMER, channel=c.CHANNEL_SMS, purpose=spb.CONSENT_PURPOSE_MARKETING,
+        action=spb.CONSENT_ACTION_GRANT, source="app", actor="test"), request_id="consent-again"), timeout=10)
+    screened = await risk.Screen(daytime_sms(CUSTOMER), timeout=10)
+    [verdict] = screened.verdicts
+    assert verdict.verdict == spb.VERDICT_DENY
+    assert list(verdict.reasons) == [spb.REASON_CODE_DO_NOT_CONTACT, spb.REASON_CODE_COOL_OFF]
+    # ScreenBatch too, beside a customer who is not suppressed (the other one's own entries apply as before).
+    batch = spb.ScreenBatchRequest(batch_id="again", offers=list(daytime_sms(CUSTOMER).offers))
+    for cid in (OTHER, CUSTOMER, "dsr-int-cust-new"):
+        item = batch.items.add(customer_id=cid, channel=c.CHANNEL_SMS)
+        item.facts.CopyFrom(daytime_sms(cid).facts)
+        item.contact_time.CopyFrom(daytime_sms(cid).contact_time)
+    [response] = [r async for r in risk.ScreenBatch(iter([batch]), timeout=10)]
+    got = {r.customer_id: list(r.verdicts[0].reasons) for r in response.results}
+    assert got[CUSTOMER] == [spb.REASON_CODE_DO_NOT_CONTACT, spb.REASON_CODE_COOL_OFF]
+    assert got[OTHER] == [spb.REASON_CODE_DO_NOT_CONTACT, spb.REASON_CODE_COOL_OFF]  # seeded the same way
+    assert got["dsr-int-cust-new"] == [spb.REASON_CODE_CONSENT_MISSING]
+    # The kept entries stay filed under the keyed hash: screening reads them, it does not copy them back.
+    kept = "dsr:" + customer_hash(HASH_KEY.encode(), CUSTOMER)
+    assert await count(s.services["risk"], text("SELECT count(*) FROM do_not_contact_entries WHERE customer_id = "
+                                                 f"'{kept}'")) == 1
+    assert await count(s.services["risk"], text("SELECT count(*) FROM do_not_contact_entries WHERE customer_id = "
+                                                 f"'{CUSTOMER}'")) == 0
+
+
+async def seed_deliveries(s: Stack) -> dict[str, str]:
+    """Beside seed_launch's PENDING outbox rows: the customer's messages in every dispatcher state (delivery key
+    -> state), and one QUEUED message of the other customer."""
+    from services.campaign.db import DeliveryRow
+
+    now = datetime.now(UTC)
+    states = {"queued": ("QUEUED", False, None), "retrying": ("QUEUED", True, None),
+              "deciding": ("SENDING", False, "worker-x"), "sending": ("SENDING", True, "worker-x"),
+              "sent": ("SENT", True, None), "dead": ("DEAD", False, None)}
+    keys: dict[str, str] = {}
+    async with s.services["campaign"].runtime.database.sessionmaker() as session:
+        for n, (label, (state, in_flight, claimant)) in enumerate(states.items()):
+            for cid in ([CUSTOMER, OTHER] if label == "queued" else [CUSTOMER]):
+                key = f"trigger:spring:ev{n}{cid[-4:]}"
+                outbox = OutboxRow(delivery_key=key, launch_id="launch1", customer_id=cid, offer_id="card",
+                                   channel=1, arm_id="a", expected_value=1.0, probability=0.5,
+                                   state=state if state in ("SENT", "DEAD") else "QUEUED")
+                session.add(outbox)
+                await session.flush()
+                session.add(DeliveryRow(
+                    delivery_key=key, outbox_id=outbox.id, launch_id="launch1", channel=1, state=state,
+                    next_attempt_time=now, claimed_by=claimant,
+                    lease_until=now.replace(year=now.year + 1) if claimant else None, in_flight=in_flight,
+                    attempts=int(in_flight), last_reason="REJECTED" if state == "DEAD" else "",
+                    dead_time=now if state == "DEAD" else None, sent_time=now if state == "SENT" else None))
+                keys[key] = label if cid == CUSTOMER else "other"
+        await session.commit()
+    return keys
+
+
+async def test_erasure_cancels_the_customer_s_messages_not_yet_sent(stack: Stack) -> None:
+    from services.campaign.db import CampaignUnitOfWork, DeliveryRow
+    from services.campaign.dispatch import DeliveryService, Dispatcher
+
+    await seed(stack, CUSTOMER)
+    await seed_launch(stack)  # one PENDING outbox row per customer
+    keys = await seed_deliveries(stack)
+    campaign = stack.services["campaign"]
+    factory = lambda: CampaignUnitOfWork(campaign.runtime.database)  # noqa: E731
+    before = await DeliveryService(factory).stats("launch1")
+    started = await stack.dsr.StartErasureRequest(pb.StartErasureRequestRequest(
+        customer_id=CUSTOMER, actor="dpo-1", reason="ticket 45"), timeout=10)
+    done = await wait_done(stack, started.request.name)
+    assert done.state == pb.DATA_SUBJECT_REQUEST_STATE_SUCCEEDED, done.status_message
+    [receipt] = [step.receipt for step in done.steps if step.service == "campaign"]
+    [deliveries] = [t for t in receipt.tables if t.table == "campaign_deliveries"]
+    # PENDING outbox row, QUEUED, QUEUED for a retry, SENDING but not in flight: 4 cancelled
+    assert deliveries.note.endswith("messages cancelled before sending (dead letter CUSTOMER_ERASED): 4")
+
+    async with campaign.runtime.database.sessionmaker() as session:
+        rows = {r.outbox_id: r for r in await session.scalars(select(DeliveryRow))}
+        outbox = {o.id: o for o in await session.scalars(select(OutboxRow))}
+    by_label: dict[str, tuple[str, str, str]] = {}
+    for outbox_id, row in rows.items():
+        label = keys.get(outbox[outbox_id].delivery_key)
+        if label is None:  # keys embedding the customer were pseudonymised: the launch's outbox rows
+            label = "other-pending" if outbox[outbox_id].customer_id == OTHER else "pending"
+        by_label[label] = (row.state, row.last_reason, outbox[outbox_id].state)
+    assert by_label == {
+        "pending": ("DEAD", "CUSTOMER_ERASED", "DEAD"), "queued": ("DEAD", "CUSTOMER_ERASED", "DEAD"),
+        "retrying": ("DEAD", "CUSTOMER_ERASED", "DEAD"), "deciding": ("DEAD", "CUSTOMER_ERASED", "DEAD"),
+        "sending": ("SENDING", "", "QUEUED"),  # maybe at the provider right now: left to finish
+        "sent": ("SENT", "", "SENT"), "dead": ("DEAD", "REJECTED", "DEAD"), "other": ("QUEUED", "", "QUEUED")}
+    assert "other-pending" not in by_label  # the other customer's PENDING outbox row is untouched...
+    assert [o.state for o in outbox.values() if o.customer_id == OTHER] == ["PENDING", "QUEUED"]
+    # ... and the dispatcher takes it and the other QUEUED message, never a cancelled one.
+    dispatcher = Dispatcher(factory, None, None, {"sms": object()}, worker_id="w-after")  # type: ignore[arg-type,dict-item]
+    assert await dispatcher.enqueue() == 1
+    claimed = {c.delivery_key for c in await dispatcher.claim()}
+    assert claimed == {f"launch1:{OTHER}", next(k for k, v in keys.items() if v == "other")}
+    # Per-launch statistics still count every message: the cancelled ones as dead letters with their reason.
+    after = await DeliveryService(factory).stats("launch1")
+    assert after.counts["total"] == before.counts["total"]
+    assert after.dead_by_reason == {"CUSTOMER_ERASED": 4, "REJECTED": 1}

@@ -4,6 +4,7 @@ crash, the proof digest, rejection of unknown customers, idempotent starts."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -291,3 +292,197 @@ async def test_no_worker_takes_a_request_while_its_start_is_still_counting(datab
     assert view.row.claimed_by is None and view.row.state == dsr.PENDING
     assert await worker.step() is True
     assert (await worker.get(view.row.request_id)).row.state == dsr.SUCCEEDED
+
+
+# --- follow-ups: one open erasure per customer; screening finds what an erasure kept under the keyed hash ----
+
+
+class _BlindUnitOfWork(RiskUnitOfWork):
+    """Does not see dsr_requests: its "already requested?" reads behave as if they ran just before a concurrent
+    start committed (the race, made deterministic)."""
+
+    async def __aenter__(self) -> _BlindUnitOfWork:
+        entered = await super().__aenter__()
+        real = entered.session.scalar
+
+        async def scalar(statement: Any, *args: Any, **kwargs: Any) -> Any:
+            if "dsr_requests" in str(statement):
+                return None
+            return await real(statement, *args, **kwargs)
+
+        entered.session.scalar = scalar  # type: ignore[method-assign]
+        return entered
+
+
+class _BlindOnce:
+    """A unit-of-work factory whose FIRST unit of work is blind (_BlindUnitOfWork)."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.blinded = 0
+
+    def __call__(self) -> RiskUnitOfWork:
+        if self.blinded:
+            return RiskUnitOfWork(self.database)
+        self.blinded += 1
+        return _BlindUnitOfWork(self.database)
+
+
+async def test_a_racing_second_first_erasure_answers_the_first(database: Database) -> None:
+    targets, clock = fakes(), Clock()
+    first, already = await build(database, targets, clock, "w1").start(dsr.ERASURE, CUSTOMER, "officer-7", "",
+                                                                       "req-a")
+    assert not already
+    blind = _BlindOnce(database)
+    racer = dsr.DsrService(blind, targets, dsr.DsrSettings(hash_key=KEY), clock=clock, worker_id="w2")
+    second, already = await racer.start(dsr.ERASURE, CUSTOMER, "officer-8", "", "req-b")
+    assert blind.blinded == 1  # the racing start did miss the first request, and inserted its own
+    assert already and second.row.request_id == first.row.request_id
+    [row] = await rows(database, DataSubjectRequestRow)
+    assert row.client_request_id == "req-a"
+    # the loser's ledger row, steps and audit entry were rolled back together
+    assert len(await rows(database, DataSubjectStepRow)) == len(dsr.STEPS)
+    assert [e.kind for e in await rows(database, AuditEntryRow)] == ["DSR_ERASURE_REQUESTED"]
+    assert await racer.step() is True
+    erases = {name: sum(1 for c in t.calls if c[0] == "erase") for name, t in targets.items()}
+    assert erases == dict.fromkeys(dsr.STEPS, 1)  # ran once
+
+
+async def test_concurrent_first_erasures_record_one_request(database: Database) -> None:
+    import asyncio
+
+    targets, clock = fakes(), Clock()
+    a, b = build(database, targets, clock, "a"), build(database, targets, clock, "b")
+    (one, first_already), (two, second_already) = await asyncio.gather(
+        a.start(dsr.ERASURE, CUSTOMER, "officer-7", "", "req-1"), b.start(dsr.ERASURE, CUSTOMER, "officer-8", "",
+                                                                          "req-2"))
+    assert one.row.request_id == two.row.request_id and sorted([first_already, second_already]) == [False, True]
+    assert len(await rows(database, DataSubjectRequestRow)) == 1
+
+
+async def test_the_database_holds_one_open_erasure_per_customer(database: Database) -> None:
+    import sqlalchemy.exc
+
+    now = Clock().now
+
+    def row(request_id: str, kind: str, state: str, digest: str = "h" * 64) -> DataSubjectRequestRow:
+        return DataSubjectRequestRow(request_id=request_id, kind=kind, state=state, customer_hash=digest,
+                                     customer_token="t", actor="a", create_time=now, update_time=now)
+
+    async with RiskUnitOfWork(database) as uow:
+        # an access request, a rejected and a finished erasure of the same customer coexist with an open one
+        uow.session.add_all([row("dsr_1", dsr.ERASURE, dsr.PENDING), row("dsr_2", dsr.ACCESS, dsr.PENDING),
+                             row("dsr_3", dsr.ERASURE, dsr.REJECTED), row("dsr_4", dsr.ERASURE, dsr.SUCCEEDED),
+                             row("dsr_5", dsr.ERASURE, dsr.RUNNING, "g" * 64)])
+        await uow.commit()
+    for state in (dsr.PENDING, dsr.RUNNING):
+        async with RiskUnitOfWork(database) as uow:
+            uow.session.add(row(f"dsr_{state}", dsr.ERASURE, state))
+            with pytest.raises(sqlalchemy.exc.IntegrityError):
+                await uow.commit()
+
+
+async def _erased_with_kept_entries(database: Database, clock: Clock, *, complaint: bool = True) -> None:
+    from services.risk.db import ComplaintRow, DoNotContactRow
+
+    async with RiskUnitOfWork(database) as uow:
+        uow.session.add(DoNotContactRow(customer_id=CUSTOMER, action="ADD", source="call", actor="a",
+                                        reason="asked", record_time=clock.now - timedelta(days=3)))
+        if complaint:
+            uow.session.add(ComplaintRow(customer_id=CUSTOMER, channel="SMS", source="call", actor="a",
+                                         category="unwanted", record_time=clock.now - timedelta(days=2)))
+        await uow.commit()
+    await RiskDataSubject(lambda: RiskUnitOfWork(database), KEY).erase(CUSTOMER, "dsr_erased")
+
+
+def _screening_service(database: Database, clock: Clock, key: bytes = KEY) -> Any:
+    from services.risk.service import RiskService
+
+    return RiskService(lambda: RiskUnitOfWork(database), clock=clock, dsr_hash_key=key)
+
+
+def _item(customer_id: str, clock: Clock) -> Any:
+    from services.risk.domain import BatchItem, Channel, CustomerFacts
+
+    # 10:00 in Shanghai: no quiet hours; consent is missing for everyone (no records): CONSENT_MISSING throughout
+    return BatchItem(customer_id, Channel.SMS, clock.now + timedelta(hours=-1),
+                     CustomerFacts(time_zone="Asia/Shanghai"), (0,))
+
+
+async def test_screen_suppresses_an_erased_customer_who_comes_back(database: Database) -> None:
+    from services.risk.domain import Channel, CustomerFacts, OfferSubject, ProductType, Reason, ScreeningRequest
+
+    clock = Clock()
+    await _erased_with_kept_entries(database, clock)
+    offer = OfferSubject("deposit-1", ProductType.DEPOSIT, 1)
+    request = ScreeningRequest(CUSTOMER, Channel.SMS, clock.now, CustomerFacts(time_zone="Asia/Shanghai"),
+                               (offer,))
+    [verdict] = (await _screening_service(database, clock).screen(request)).verdicts
+    assert verdict.reasons == (Reason.CONSENT_MISSING, Reason.DO_NOT_CONTACT, Reason.COOL_OFF)
+    # Another key cannot find the kept entries (the key is what links them to the id).
+    [other_key] = (await _screening_service(database, clock, b"another-key").screen(request)).verdicts
+    assert other_key.reasons == (Reason.CONSENT_MISSING,)
+    # A newer entry under the id itself wins over the kept one (the customer asked to be contactable again).
+    service = _screening_service(database, clock)
+    from services.risk.domain import DoNotContactAction, DoNotContactEntry
+
+    clock.now += timedelta(days=40)  # the complaint's cool-off is over too
+    await service.change_do_not_contact(DoNotContactEntry(CUSTOMER, DoNotContactAction.REMOVE, "app", "a"), None)
+    later = dataclasses.replace(request, contact_time=clock.now)
+    [lifted] = (await service.screen(later)).verdicts
+    assert lifted.reasons == (Reason.CONSENT_MISSING,)
+
+
+async def test_screen_batch_finds_kept_entries_in_one_query_per_batch(database: Database) -> None:
+    from sqlalchemy import event
+
+    from services.risk.domain import OfferSubject, ProductType, Reason
+
+    clock = Clock()
+    await _erased_with_kept_entries(database, clock, complaint=False)
+    others = [f"unit-other-{n:04d}" for n in range(200)]
+    items = [_item(c, clock) for c in [*others[:100], CUSTOMER, *others[100:]]]
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    engine = database.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        results = await _screening_service(database, clock).screen_batch(
+            [OfferSubject("deposit-1", ProductType.DEPOSIT, 1)], items)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    reasons = [r.verdicts[0].reasons for r in results]
+    assert reasons[100] == (Reason.CONSENT_MISSING, Reason.DO_NOT_CONTACT)
+    assert [n for n, r in enumerate(reasons) if r != (Reason.CONSENT_MISSING,)] == [100]
+    assert sum("do_not_contact_entries" in s for s in statements) == 1
+    assert sum("complaints" in s for s in statements) == 1
+
+
+async def test_revision_0008_rejects_open_duplicates_it_finds(database_url: Callable[[str], str]) -> None:
+    """Two open erasures of one customer recorded before the index existed: the oldest stays open, the other is
+    REJECTED DUPLICATE_REQUEST (its id cleared), then the index is built."""
+    from sqlalchemy import insert
+
+    url = database_url("risk")
+    migrations.upgrade(url, DEFINITION.migrations, "0007")
+    db = Database.from_url(url)
+    try:
+        now = Clock().now
+        async with db.engine.begin() as conn:
+            for n, (kind, digest) in enumerate([(dsr.ERASURE, "a"), (dsr.ERASURE, "a"), (dsr.ACCESS, "a"),
+                                                (dsr.ERASURE, "b")]):
+                at = now + timedelta(seconds=n)
+                await conn.execute(insert(DataSubjectRequestRow).values(
+                    request_id=f"dsr_{n}", kind=kind, state=dsr.PENDING, customer_id="cust", customer_hash=digest * 64,
+                    customer_token="t", actor="a", reason="", rejection_reason="", status_message="",
+                    proof_digest="", archive_size=0, create_time=at, update_time=at))
+        migrations.upgrade(url, DEFINITION.migrations)
+        got = {r.request_id: (r.state, r.rejection_reason, r.customer_id)
+               for r in await rows(db, DataSubjectRequestRow)}
+        assert got == {"dsr_0": (dsr.PENDING, "", "cust"), "dsr_1": (dsr.REJECTED, "DUPLICATE_REQUEST", None),
+                       "dsr_2": (dsr.PENDING, "", "cust"), "dsr_3": (dsr.PENDING, "", "cust")}
+    finally:
+        await db.dispose()
