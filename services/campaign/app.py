@@ -12,7 +12,7 @@ import grpc
 from lodestar.campaign.v1 import campaign_service_pb2, campaign_service_pb2_grpc
 from lodestar.common.v1 import data_subject_pb2, data_subject_pb2_grpc
 from services.campaign.clients import ProfileClient, RiskClient, SegmentClient
-from services.campaign.data_subject import CampaignDataSubject, DataSubjectHandlers
+from services.campaign.data_subject import CampaignDataSubject
 from services.campaign.db import CampaignUnitOfWork
 from services.campaign.delivery_handlers import (
     DELIVERY_SERVICE_NAMES,
@@ -36,17 +36,20 @@ from services.campaign.triggers_app import (
     wire_triggers,
 )
 from services.platform.config import ConfigError, ServiceSettings
+from services.platform.data_subject import DataSubjectHandlers
 from services.platform.server import Runtime, ServiceDefinition
 
 log = logging.getLogger("lodestar.campaign")
 
-SERVICE_NAMES: tuple[str, ...] = (campaign_service_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name,
-                                  data_subject_pb2.DESCRIPTOR.services_by_name["DataSubjectService"].full_name)
-
-SERVICE_NAMES = (*SERVICE_NAMES, *TRIGGER_SERVICE_NAMES)  # TriggerService (triggers_app.py)
-SERVICE_NAMES = (*SERVICE_NAMES, *RESPONSE_SERVICE_NAMES)  # ResponseService (response_handlers.py)
-SERVICE_NAMES = (*SERVICE_NAMES, *PERSONALISATION_SERVICE_NAMES)  # Recommendation, Pricing (issue 10)
-SERVICE_NAMES = (*SERVICE_NAMES, *DELIVERY_SERVICE_NAMES)  # DeliveryService + the dispatcher (delivery_handlers.py)
+# Every gRPC service this process serves (health and reflection list them), with the module that wires it.
+SERVICE_NAMES: tuple[str, ...] = (
+    campaign_service_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name,
+    data_subject_pb2.DESCRIPTOR.services_by_name["DataSubjectService"].full_name,  # platform/data_subject.py
+    *TRIGGER_SERVICE_NAMES,  # TriggerService, CampaignReportService (triggers_app.py)
+    *RESPONSE_SERVICE_NAMES,  # ResponseService (response_handlers.py)
+    *PERSONALISATION_SERVICE_NAMES,  # RecommendationService, PricingService (personalisation_app.py)
+    *DELIVERY_SERVICE_NAMES,  # DeliveryService and the dispatcher (delivery_handlers.py)
+)
 
 
 async def register(server: grpc.aio.Server, runtime: Runtime) -> None:

@@ -21,35 +21,30 @@ touched (docs/data-subject-requests.md, Limits). The receipt counts the cancelle
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 import numpy as np
-from opentelemetry import trace
 from sqlalchemy import Table, and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from lodestar.common.v1 import data_subject_pb2 as pb
-from lodestar.common.v1 import data_subject_pb2_grpc as pbg
 from services.campaign import batch_decisions
 from services.campaign.db import Base, BatchDecisionRow, DeliveryRow, IdempotencyKey, LaunchPartitionRow, OutboxRow
 from services.campaign.dispatch import DEAD, OUTBOX_PENDING, QUEUED, SENDING
 from services.campaign.launch import PartitionResult
-from services.platform.data_subject import canonical, json_value, receipt_digest, scrub_idempotency_keys
+from services.platform.data_subject import (
+    canonical,
+    erase_idempotently,
+    export_response,
+    scrub_idempotency_keys,
+    sealed_receipt,
+    table_section,
+)
 from services.platform.db import Database, UnitOfWork, utcnow
-from services.platform.errors import InvalidArgument
-from services.platform.idempotency import Codec, key_for, run_idempotent
-from services.platform.masking import customer_token
-from services.platform.telemetry import ATTR_CUSTOMER_TOKEN
-from services.platform.timestamps import to_timestamp
-from services.platform.validation import check_id
 
 SERVICE = "campaign"
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DataSubjectService"].full_name
-ERASE_METHOD = f"/{SERVICE_NAME}/EraseCustomerData"
 # Columns describing the person, cleared on erasure (the outcome columns stay).
 CLEARED: dict[str, dict[str, Any]] = {"decisions": {"snapshot": None}, "campaign_history": {"context": {}}}
 ASSIGNMENTS = "launch_assignments"
@@ -100,14 +95,11 @@ class CampaignDataSubject:
         sections = []
         async with self._uow() as uow:
             for table in customer_tables():
-                rows = (await uow.session.execute(
-                    select(table).where(table.c.customer_id == customer_id)
-                    .order_by(*table.primary_key.columns))).mappings().all()
-                if rows:
-                    document = "" if counts_only else canonical(
-                        [{k: json_value(v) for k, v in row.items()} for row in rows])
-                    sections.append(pb.DataSection(name=table.name, json_document=document,
-                                                   record_count=len(rows)))
+                section = await table_section(uow, table, table.c.customer_id == customer_id, counts_only)
+
+                if section is not None:
+
+                    sections.append(section)
             assignments = []
             for partition in await self._partitions(uow, customer_id):
                 result = PartitionResult.from_blob(partition.results or b"")
@@ -119,9 +111,7 @@ class CampaignDataSubject:
             if assignments:
                 sections.append(pb.DataSection(name=ASSIGNMENTS, json_document="" if counts_only else canonical(
                     assignments), record_count=len(assignments)))
-        digest = hashlib.sha256(canonical([[s.name, s.json_document, s.record_count] for s in sections]).encode())
-        return pb.ExportCustomerDataResponse(service=SERVICE, sections=sections, digest=digest.hexdigest(),
-                                             export_time=to_timestamp(utcnow()))
+        return export_response(SERVICE, sections)
 
     async def _cancel_pending(self, uow: UnitOfWork, customer_id: str) -> int:
         """Dead-letters the customer's messages not yet sent (see the module's docstring); returns how many.
@@ -203,40 +193,15 @@ class CampaignDataSubject:
         scrubbed = await scrub_idempotency_keys(uow, IdempotencyKey, [customer_id])
         tables.append(pb.TableReceipt(table=IdempotencyKey.__tablename__, rows_deleted=scrubbed,
                                       note="stored responses holding the customer"))
-        receipt = pb.ErasureReceipt(service=SERVICE, request_id=request_id, tables=tables,
-                                    erase_time=to_timestamp(utcnow()))
-        receipt.digest = receipt_digest(receipt)
-        return receipt
+        return sealed_receipt(SERVICE, request_id, tables)
 
     async def erase(self, request: pb.EraseCustomerDataRequest) -> pb.ErasureReceipt:
-        key = key_for(ERASE_METHOD, request)
-        codec: Codec[pb.ErasureReceipt] = Codec(lambda r: r.SerializeToString(), pb.ErasureReceipt.FromString)
-        return await run_idempotent(self._uow, IdempotencyKey, key, codec,
-                                    lambda uow: self._erase(uow, request.customer_id, request.request_id))
+        return await erase_idempotently(self._uow, IdempotencyKey, request,
+                                        lambda uow: self._erase(uow, request.customer_id, request.request_id))
 
 
 def _rewrite_key(column: Any, customer_id: str, pseudonym: str) -> Any:
     return func.replace(column, ":" + customer_id, ":" + pseudonym)
 
 
-def check_request(customer_id: str, request_id: str, *, required: bool) -> None:
-    check_id(customer_id, "customer_id")
-    if required and not request_id:
-        raise InvalidArgument.field("request_id", "is required", reason="REQUIRED_FIELD_MISSING")
-    trace.get_current_span().set_attribute(ATTR_CUSTOMER_TOKEN, customer_token(customer_id))
 
-
-class DataSubjectHandlers(pbg.DataSubjectServiceServicer):
-    def __init__(self, service: CampaignDataSubject) -> None:
-        self.service = service
-
-    async def ExportCustomerData(self, request: pb.ExportCustomerDataRequest,
-                                 context: grpc.aio.ServicerContext) -> pb.ExportCustomerDataResponse:
-        check_request(request.customer_id, request.request_id, required=False)
-        key_for(ERASE_METHOD, request)  # checks the request id's form
-        return await self.service.export(request.customer_id, request.counts_only)
-
-    async def EraseCustomerData(self, request: pb.EraseCustomerDataRequest,
-                                context: grpc.aio.ServicerContext) -> pb.EraseCustomerDataResponse:
-        check_request(request.customer_id, request.request_id, required=True)
-        return pb.EraseCustomerDataResponse(receipt=await self.service.erase(request))

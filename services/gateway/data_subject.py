@@ -14,31 +14,26 @@ one of its refs (IssuePseudonym, SubmitLead) are deleted. One transaction, recor
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from dataclasses import dataclass
 
-import grpc
-from opentelemetry import trace
 from sqlalchemy import Table, delete, select, tuple_, update
 
 from lodestar.common.v1 import data_subject_pb2 as pb
-from lodestar.common.v1 import data_subject_pb2_grpc as pbg
 from services.gateway.auth import ADMIN_TOKEN_HEADER, check_admin_token
 from services.gateway.db import Base, IdempotencyKey, PartnerCustomerRow
 from services.gateway.handlers import metadata_value
-from services.platform.data_subject import canonical, json_value, receipt_digest, scrub_idempotency_keys
-from services.platform.db import Database, UnitOfWork, utcnow
-from services.platform.errors import InvalidArgument
-from services.platform.idempotency import Codec, key_for, run_idempotent
-from services.platform.masking import customer_token
-from services.platform.telemetry import ATTR_CUSTOMER_TOKEN
-from services.platform.timestamps import to_timestamp
-from services.platform.validation import check_id
+from services.platform.data_subject import DataSubjectHandlers as PlatformDataSubjectHandlers
+from services.platform.data_subject import (
+    erase_idempotently,
+    export_response,
+    scrub_idempotency_keys,
+    sealed_receipt,
+    table_section,
+)
+from services.platform.db import Database, UnitOfWork
 
 SERVICE = "gateway"
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DataSubjectService"].full_name
-ERASE_METHOD = f"/{SERVICE_NAME}/EraseCustomerData"
 LINKS = PartnerCustomerRow.__tablename__
 
 
@@ -78,16 +73,12 @@ class GatewayDataSubject:
             if refs:
                 queries += [(t, tuple_(t.c.partner_id, t.c.customer_ref).in_(refs)) for t in ref_tables()]
             for table, where in sorted(queries, key=lambda q: q[0].name):
-                rows = (await uow.session.execute(
-                    select(table).where(where).order_by(*table.primary_key.columns))).mappings().all()
-                if rows:
-                    document = "" if counts_only else canonical(
-                        [{k: json_value(v) for k, v in row.items()} for row in rows])
-                    sections.append(pb.DataSection(name=table.name, json_document=document,
-                                                   record_count=len(rows)))
-        digest = hashlib.sha256(canonical([[s.name, s.json_document, s.record_count] for s in sections]).encode())
-        return pb.ExportCustomerDataResponse(service=SERVICE, sections=sections, digest=digest.hexdigest(),
-                                             export_time=to_timestamp(utcnow()))
+                section = await table_section(uow, table, where, counts_only)
+
+                if section is not None:
+
+                    sections.append(section)
+        return export_response(SERVICE, sections)
 
     async def _erase(self, uow: UnitOfWork, customer_id: str, request_id: str) -> pb.ErasureReceipt:
         pseudonym = new_pseudonym()
@@ -118,39 +109,17 @@ class GatewayDataSubject:
         scrubbed = await scrub_idempotency_keys(uow, IdempotencyKey, [customer_id, *(ref for _, ref in refs)])
         tables.append(pb.TableReceipt(table=IdempotencyKey.__tablename__, rows_deleted=scrubbed,
                                       note="stored responses holding the customer or its refs"))
-        receipt = pb.ErasureReceipt(service=SERVICE, request_id=request_id, tables=tables,
-                                    erase_time=to_timestamp(utcnow()))
-        receipt.digest = receipt_digest(receipt)
-        return receipt
+        return sealed_receipt(SERVICE, request_id, tables)
 
     async def erase(self, request: pb.EraseCustomerDataRequest) -> pb.ErasureReceipt:
-        key = key_for(ERASE_METHOD, request)
-        codec: Codec[pb.ErasureReceipt] = Codec(lambda r: r.SerializeToString(), pb.ErasureReceipt.FromString)
-        return await run_idempotent(self._uow, IdempotencyKey, key, codec,
-                                    lambda uow: self._erase(uow, request.customer_id, request.request_id))
+        return await erase_idempotently(self._uow, IdempotencyKey, request,
+                                        lambda uow: self._erase(uow, request.customer_id, request.request_id))
 
 
-def check_request(customer_id: str, request_id: str, *, required: bool) -> None:
-    check_id(customer_id, "customer_id")
-    if required and not request_id:
-        raise InvalidArgument.field("request_id", "is required", reason="REQUIRED_FIELD_MISSING")
-    trace.get_current_span().set_attribute(ATTR_CUSTOMER_TOKEN, customer_token(customer_id))
 
+class DataSubjectHandlers(PlatformDataSubjectHandlers):
+    """The gateway's port faces partners: the data-subject service wants the bank-side admin token."""
 
-class DataSubjectHandlers(pbg.DataSubjectServiceServicer):
     def __init__(self, service: GatewayDataSubject, admin_token: str) -> None:
-        self.service = service
-        self.admin_token = admin_token
-
-    async def ExportCustomerData(self, request: pb.ExportCustomerDataRequest,
-                                 context: grpc.aio.ServicerContext) -> pb.ExportCustomerDataResponse:
-        check_admin_token(self.admin_token, metadata_value(context, ADMIN_TOKEN_HEADER))
-        check_request(request.customer_id, request.request_id, required=False)
-        key_for(ERASE_METHOD, request)  # checks the request id's form
-        return await self.service.export(request.customer_id, request.counts_only)
-
-    async def EraseCustomerData(self, request: pb.EraseCustomerDataRequest,
-                                context: grpc.aio.ServicerContext) -> pb.EraseCustomerDataResponse:
-        check_admin_token(self.admin_token, metadata_value(context, ADMIN_TOKEN_HEADER))
-        check_request(request.customer_id, request.request_id, required=True)
-        return pb.EraseCustomerDataResponse(receipt=await self.service.erase(request))
+        super().__init__(service, lambda context: check_admin_token(
+            admin_token, metadata_value(context, ADMIN_TOKEN_HEADER)))

@@ -11,15 +11,24 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import delete, select
+import grpc
+from opentelemetry import trace
+from sqlalchemy import Table, delete, select
 
 from lodestar.common.v1 import data_subject_pb2 as pb
-from services.platform.db import UnitOfWork
+from lodestar.common.v1 import data_subject_pb2_grpc as pbg
+from services.platform.db import UnitOfWork, utcnow
+from services.platform.errors import InvalidArgument
+from services.platform.idempotency import Codec, key_for, run_idempotent
+from services.platform.masking import customer_token
+from services.platform.telemetry import ATTR_CUSTOMER_TOKEN
+from services.platform.timestamps import to_timestamp
+from services.platform.validation import check_id
 
 SCAN_PAGE = 500
 
@@ -91,3 +100,77 @@ def receipt_digest(receipt: pb.ErasureReceipt) -> str:
         "tables": [[t.table, t.rows_deleted, t.rows_pseudonymised, t.note] for t in receipt.tables],
         "erase_time": receipt.erase_time.ToJsonString(),
     }).encode()).hexdigest()
+
+
+# -- the parts every service's DataSubjectService implementation shares ------------------------------------------
+
+ERASE_METHOD = f"/{pb.DESCRIPTOR.services_by_name['DataSubjectService'].full_name}/EraseCustomerData"
+
+
+async def table_section(uow: UnitOfWork, table: Table, where: Any, counts_only: bool) -> pb.DataSection | None:
+    """One table's rows matching `where` as an archive section (JSON, primary-key order); None when there are none."""
+    rows = (await uow.session.execute(select(table).where(where).order_by(*table.primary_key.columns))).mappings().all()
+    if not rows:
+        return None
+    document = "" if counts_only else canonical([{k: json_value(v) for k, v in row.items()} for row in rows])
+    return pb.DataSection(name=table.name, json_document=document, record_count=len(rows))
+
+
+def export_response(service: str, sections: Sequence[pb.DataSection]) -> pb.ExportCustomerDataResponse:
+    """The export with its digest (over every section) and time."""
+    digest = hashlib.sha256(canonical([[s.name, s.json_document, s.record_count] for s in sections]).encode())
+    return pb.ExportCustomerDataResponse(service=service, sections=sections, digest=digest.hexdigest(),
+                                         export_time=to_timestamp(utcnow()))
+
+
+def sealed_receipt(service: str, request_id: str, tables: Sequence[pb.TableReceipt]) -> pb.ErasureReceipt:
+    receipt = pb.ErasureReceipt(service=service, request_id=request_id, tables=tables,
+                                erase_time=to_timestamp(utcnow()))
+    receipt.digest = receipt_digest(receipt)
+    return receipt
+
+
+async def erase_idempotently(uow_factory: Callable[[], UnitOfWork], key_model: Any,
+                             request: pb.EraseCustomerDataRequest,
+                             erase: Callable[[UnitOfWork], Awaitable[pb.ErasureReceipt]]) -> pb.ErasureReceipt:
+    """Runs `erase` in one transaction recorded under the request id: a retry replays the same receipt."""
+    codec: Codec[pb.ErasureReceipt] = Codec(lambda r: r.SerializeToString(), pb.ErasureReceipt.FromString)
+    return await run_idempotent(uow_factory, key_model, key_for(ERASE_METHOD, request), codec, erase)
+
+
+def check_request(customer_id: str, request_id: str, *, required: bool) -> None:
+    """INVALID_ARGUMENT for a malformed customer id or a missing request id; the span gets the customer token."""
+    check_id(customer_id, "customer_id")
+    if required and not request_id:
+        raise InvalidArgument.field("request_id", "is required", reason="REQUIRED_FIELD_MISSING")
+    trace.get_current_span().set_attribute(ATTR_CUSTOMER_TOKEN, customer_token(customer_id))
+
+
+class DataSubject(Protocol):
+    async def export(self, customer_id: str, counts_only: bool = False) -> pb.ExportCustomerDataResponse: ...
+
+    async def erase(self, request: pb.EraseCustomerDataRequest) -> pb.ErasureReceipt: ...
+
+
+class DataSubjectHandlers(pbg.DataSubjectServiceServicer):
+    """The DataSubjectService of one service; `authorize(context)` guards it where the port faces partners."""
+
+    def __init__(self, service: DataSubject,
+                 authorize: Callable[[grpc.aio.ServicerContext], None] | None = None) -> None:
+        self.service = service
+        self.authorize = authorize
+
+    async def ExportCustomerData(self, request: pb.ExportCustomerDataRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.ExportCustomerDataResponse:
+        if self.authorize is not None:
+            self.authorize(context)
+        check_request(request.customer_id, request.request_id, required=False)
+        key_for(ERASE_METHOD, request)  # checks the request id's form
+        return await self.service.export(request.customer_id, request.counts_only)
+
+    async def EraseCustomerData(self, request: pb.EraseCustomerDataRequest,
+                                context: grpc.aio.ServicerContext) -> pb.EraseCustomerDataResponse:
+        if self.authorize is not None:
+            self.authorize(context)
+        check_request(request.customer_id, request.request_id, required=True)
+        return pb.EraseCustomerDataResponse(receipt=await self.service.erase(request))

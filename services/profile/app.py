@@ -18,8 +18,9 @@ from lodestar.profile.v1 import (
     tag_service_pb2_grpc,
 )
 from services.platform.config import ConfigError, ServiceSettings, env_bool
+from services.platform.data_subject import DataSubjectHandlers
 from services.platform.server import Runtime, ServiceDefinition
-from services.profile.data_subject import DataSubjectHandlers, ProfileDataSubject
+from services.profile.data_subject import ProfileDataSubject
 from services.profile.db import ProfileUnitOfWork
 from services.profile.event_feed import EventFeed, EventHandlersWithFeed
 from services.profile.events import EventsService

@@ -26,11 +26,15 @@ from typing import Any
 from sqlalchemy import Table, delete, func, or_, select, update
 
 from lodestar.common.v1 import data_subject_pb2 as pb
-from services.platform.data_subject import canonical, json_value, receipt_digest, scrub_idempotency_keys
-from services.platform.db import UnitOfWork, utcnow
+from services.platform.data_subject import (
+    export_response,
+    scrub_idempotency_keys,
+    sealed_receipt,
+    table_section,
+)
+from services.platform.db import UnitOfWork
 from services.platform.idempotency import Codec, run_idempotent
 from services.platform.idempotency import IdempotencyKey as Key
-from services.platform.timestamps import to_timestamp
 from services.risk.db import Base, IdempotencyKey
 
 SERVICE = "risk"
@@ -93,17 +97,12 @@ class RiskDataSubject:
             for table in customer_tables():
                 if table.name.startswith(RETAINED_PREFIX):
                     continue  # anti-money-laundering records are never disclosed to their subject
-                rows = (await uow.session.execute(
-                    select(table).where(table.c.customer_id == customer_id)
-                    .order_by(*table.primary_key.columns))).mappings().all()
-                if rows:
-                    document = "" if counts_only else canonical(
-                        [{k: json_value(v) for k, v in row.items()} for row in rows])
-                    sections.append(pb.DataSection(name=table.name, json_document=document,
-                                                   record_count=len(rows)))
-        digest = hashlib.sha256(canonical([[s.name, s.json_document, s.record_count] for s in sections]).encode())
-        return pb.ExportCustomerDataResponse(service=SERVICE, sections=sections, digest=digest.hexdigest(),
-                                             export_time=to_timestamp(utcnow()))
+                section = await table_section(uow, table, table.c.customer_id == customer_id, counts_only)
+
+                if section is not None:
+
+                    sections.append(section)
+        return export_response(SERVICE, sections)
 
     async def _erase(self, uow: UnitOfWork, customer_id: str, request_id: str) -> pb.ErasureReceipt:
         kept = HASH_PREFIX + customer_hash(self.hash_key, customer_id)
@@ -137,10 +136,7 @@ class RiskDataSubject:
         tables.append(pb.TableReceipt(table=IdempotencyKey.__tablename__, rows_deleted=scrubbed,
                                       note="stored responses holding the customer"))
         tables.append(pb.TableReceipt(table="audit_log", note="retained: append-only, customer tokens only"))
-        receipt = pb.ErasureReceipt(service=SERVICE, request_id=request_id, tables=tables,
-                                    erase_time=to_timestamp(utcnow()))
-        receipt.digest = receipt_digest(receipt)
-        return receipt
+        return sealed_receipt(SERVICE, request_id, tables)
 
     async def erase(self, customer_id: str, request_id: str) -> pb.ErasureReceipt:
         fingerprint = hashlib.sha256(customer_hash(self.hash_key, customer_id).encode()).hexdigest()
