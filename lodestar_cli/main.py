@@ -32,7 +32,7 @@ from lodestar.common.v1 import common_pb2
 from lodestar.gateway.v1 import partner_service_pb2, partner_service_pb2_grpc
 from lodestar.profile.v1 import customer_pb2, profile_service_pb2, profile_service_pb2_grpc
 from lodestar.risk.v1 import risk_service_pb2, risk_service_pb2_grpc, screening_pb2
-from lodestar_cli import demo
+from lodestar_cli import demo, demo_campaign
 from lodestar_cli.stack import START_ORDER, Stack, StackError, check_health
 from services.platform.config import DEFAULT_PORTS
 from services.platform.masking import mask_email, mask_phone
@@ -476,8 +476,70 @@ def cmd_demo_load(ctx: Context) -> int:
         f"partner API key:  {info.api_key}\n"
         f"{info.customer_id} is:   {info.customer_ref} (for partner {info.partner_id})"
     )
+    if not ctx.args.no_demo_campaign:
+        try:
+            result = _demo_campaign_foreground(ctx, ctx.addresses, _admin_token(ctx))
+        except CliError as error:  # the bank is loaded all the same: say so, with the campaign's error
+            failure = {"code": error.code, "reason": error.reason, "message": error.message}
+            data["error"] = failure
+            ctx.emit(data, text)
+            if not ctx.as_json:
+                render_error(failure, False, ctx.out, ctx.err)
+            return 1
+        data["demo_campaign"] = result.to_dict()
+        text += "\n\n" + result.summary()
     ctx.emit(data, text)
     return 0
+
+
+def _demo_campaign_foreground(
+    ctx: Context, addresses: Mapping[str, str], admin_token: str
+) -> demo_campaign.DemoCampaignResult:
+    """The demo campaign after `demo load`, with a progress bar (none with --json or without a TTY)."""
+    show = not ctx.as_json and ctx.err.isatty()
+    progress, close = demo_campaign.bar_progress(ctx.err)
+    try:
+        return demo_campaign.run_demo_campaign(
+            addresses, admin_token, ctx.timeout, progress if show else None
+        )
+    except demo_campaign.DemoCampaignError as error:
+        raise CliError("FAILED_PRECONDITION", "DEMO_CAMPAIGN_FAILED", str(error)) from None
+    finally:
+        close()
+
+
+def _demo_campaign_background(
+    ctx: Context, addresses: Mapping[str, str], admin_token: str, stop: threading.Event
+) -> threading.Thread:
+    """`lodestar up`: the demo campaign in a thread once the stack is reported ready; its outcome is printed
+    when done (text on stdout under the banner; with --json one {"demo_campaign": ...} line on stderr)."""
+
+    def work() -> None:
+        try:
+            result = demo_campaign.run_demo_campaign(
+                addresses, admin_token, ctx.timeout,
+                None if ctx.as_json else demo_campaign.line_progress(ctx.err), stop=stop,
+            )
+        except (demo_campaign.DemoCampaignError, grpc.RpcError) as error:
+            if stop.is_set():
+                return
+            message = str(error) if isinstance(error, demo_campaign.DemoCampaignError) else error_info(error)["message"]
+            if ctx.as_json:
+                ctx.err.write(json.dumps({"demo_campaign": {"error": message}}) + "\n")
+            else:
+                ctx.err.write(f"demo campaign: {message}\n")
+            ctx.err.flush()
+            return
+        if ctx.as_json:
+            ctx.err.write(json.dumps({"demo_campaign": result.to_dict()}) + "\n")
+            ctx.err.flush()
+        else:
+            ctx.out.write("\n" + result.summary() + "\n")
+            ctx.out.flush()
+
+    thread = threading.Thread(target=work, name="demo-campaign", daemon=True)
+    thread.start()
+    return thread
 
 
 def up_banner(
@@ -507,6 +569,7 @@ The same with the CLI, from another terminal:
   lodestar decide demo-0001 --channel app_push
   lodestar customers list --page-size 10
   lodestar offers list
+  lodestar report demo-welcome --html {demo_campaign.REPORT_FILE}   # the demo campaign (simulated responses)
 
 Logs in {data_dir / "logs"}, traces in {data_dir / "traces"}. Ctrl-C stops everything."""
 
@@ -522,6 +585,7 @@ def cmd_up(ctx: Context) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     stack = Stack(data_dir, ports)
+    campaign_thread: threading.Thread | None = None
     try:
         if not ctx.as_json:
             ctx.err.write(f"starting profile, risk, campaign and gateway (data in {data_dir}) ...\n")
@@ -536,8 +600,13 @@ def cmd_up(ctx: Context) -> int:
                 stack.addresses, stack.admin_token, progress=_progress(ctx), timeout=ctx.timeout
             )
             api_key, customer_ref = info.api_key, info.customer_ref
+            run_campaign = not args.no_demo_campaign
         else:
             api_key, customer_ref = demo.issue_demo_access(stack.addresses, stack.admin_token, ctx.timeout)
+            # Resumed when it was started before (idempotent: a finished one records nothing new).
+            run_campaign = not args.no_demo_campaign and demo_campaign.campaign_exists(
+                stack.addresses, ctx.timeout
+            )
         data = {
             "addresses": stack.addresses,
             "api_key": api_key,
@@ -546,6 +615,10 @@ def cmd_up(ctx: Context) -> int:
             "admin_token_file": str(stack.admin_token_file),
         }
         ctx.emit(data, up_banner(stack.addresses, api_key, customer_ref, data_dir, stack.admin_token_file))
+        if run_campaign:
+            if not ctx.as_json:
+                ctx.err.write("\nrunning the demo campaign demo-welcome in the background ...\n")
+            campaign_thread = _demo_campaign_background(ctx, stack.addresses, stack.admin_token, stop)
         while not stop.wait(0.5):
             exited = stack.first_exited()
             if exited is not None:
@@ -554,6 +627,9 @@ def cmd_up(ctx: Context) -> int:
             ctx.err.write("\nstopping ...\n")
         return 0
     finally:
+        stop.set()
+        if campaign_thread is not None:
+            campaign_thread.join(timeout=5)
         codes = stack.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -617,6 +693,10 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"0 means any free port (default {service.upper()}_PORT or {DEFAULT_PORTS[service]})",
         )
     up.add_argument("--wait-timeout", type=float, default=60.0, help="seconds to wait for SERVING")
+    up.add_argument(
+        "--no-demo-campaign", action="store_true",
+        help="do not run the demo campaign demo-welcome (launch, delivery, simulated responses)",
+    )
     up.set_defaults(handler=cmd_up)
 
     demo_cmd = commands.add_parser("demo", parents=[common], help="the synthetic demo bank")
@@ -626,6 +706,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir",
         default=os.environ.get("LODESTAR_DATA_DIR", "var"),
         help="where `lodestar up` keeps the admin token, when GATEWAY_ADMIN_TOKEN is unset",
+    )
+    load.add_argument(
+        "--no-demo-campaign", action="store_true",
+        help="load the bank only: skip the demo campaign demo-welcome (launch, delivery, simulated responses)",
     )
     load.set_defaults(handler=cmd_demo_load)
 
