@@ -241,15 +241,10 @@ def deferral_cause(customer: demo.DemoCustomer | None, now: datetime) -> str:
 
 
 def contact_start(now: datetime) -> datetime:
-    """The campaign's start (its launch's contact time): now when it is daytime for every demo region (08:00-13:00
-    UTC: Shanghai and Hong Kong before 21:00, Lisbon after 08:00), else the next 09:00 UTC. A launch screens its
-    audience at the contact time and leaves out whoever risk holds then (quiet hours), where the dispatcher would
-    only defer; so the demo plans its contact in everyone's daytime, and the dispatcher, sending now, defers the
-    messages of customers whose local time is in quiet hours until their morning."""
-    if 8 <= now.hour < 13:
-        return now - timedelta(minutes=1)
-    day = now.date() if now.hour < 8 else now.date() + timedelta(days=1)
-    return datetime(day.year, day.month, day.day, 9, tzinfo=UTC)
+    """The campaign's start (its launch's contact time): now. A launch selects customers risk holds only for quiet
+    hours (the choice is about when, not whether), and the dispatcher defers their messages to their morning; the
+    demo reports how many were deferred and why."""
+    return now - timedelta(minutes=1)
 
 
 # -- the run -----------------------------------------------------------------------------------------------

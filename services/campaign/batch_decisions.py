@@ -40,6 +40,15 @@ from services.platform.masking import customer_token
 from services.platform.validation import ID_PATTERN
 
 VERDICT_CODES = {"MISSING": 0, "ALLOW": 1, "DENY": 2, "HOLD": 3}
+# A HOLD for these reasons only is about *when*, not *whether*: the customer is selectable, and the dispatcher
+# screens again at send time and defers the message to the customer's morning (docs/delivery.md). Any other
+# hold (an unknown time zone, a frequency cap) or a deny keeps the customer out.
+DEFERRABLE_HOLDS = frozenset({"QUIET_HOURS"})
+
+
+def selectable(verdict: str, reasons: Sequence[str]) -> bool:
+    """Whether a batch selection may pick an option risk answered `verdict` with `reasons` for."""
+    return verdict == "ALLOW" or (verdict == "HOLD" and bool(reasons) and set(reasons) <= DEFERRABLE_HOLDS)
 VERDICT_NAMES = {v: k for k, v in VERDICT_CODES.items()}
 GROUP_OUTCOMES = {-1: "CONTROL", -2: "GLOBAL_HOLDOUT"}
 ALLOCATION_NUMBER = 0
@@ -194,7 +203,7 @@ def _record(doc: dict[str, Any], i: int, allocation: dict[str, Any] | None, crea
             record: dict[str, Any] = {"offer_id": name, "verdict": verdict, "reasons": reasons,
                                       "rank": 1 if option == chosen else 0}
             p = doc["probability"][i][j]
-            if verdict == "ALLOW" and p is not None:
+            if selectable(verdict, reasons) and p is not None:
                 value, cost = terms[j]
                 record.update(propensity=round(float(p), 6), conversion_value=value, contact_cost=cost,
                               expected_value=round(float(p) * value - cost, 6), model_version=doc["models"][j],
@@ -278,7 +287,7 @@ async def explain_batch_decision(service: Any, decision_id: str) -> Any:
     models: dict[str, Any] = {}
     for candidate in record.candidates:
         again = dict(candidate)
-        if candidate.get("verdict") == "ALLOW":
+        if selectable(str(candidate.get("verdict")), list(candidate.get("reasons") or [])):
             offer = await service.get_offer(str(candidate["offer_id"]).split("/")[0])
             version = str(candidate["model_version"])
             if version == service.model.version:

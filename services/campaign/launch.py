@@ -682,7 +682,8 @@ class LaunchService:
                       attrs: dict[str, list[Any]], regions: Sequence[Any], zones: Sequence[Any],
                       ages: np.ndarray | None = None, *, details: dict[int, batch_decisions.Details] | None = None,
                       meta: dict[str, str] | None = None) -> dict[int, np.ndarray]:
-        """channel -> customers x offers, True where risk said ALLOW (fail closed: no verdict is no). Risk gets
+        """channel -> customers x offers, True where risk said ALLOW, or HOLD for quiet hours only (the dispatcher
+        defers those to the customer's morning); fail closed: no verdict is no. Risk gets
         the exported age as a birth date half a year before that birthday (proxy_birth_dates): its age checks
         (minors, AGE_UNKNOWN) see the right age, and no birth date ever leaves profile."""
         n = len(ids)
@@ -696,7 +697,6 @@ class LaunchService:
             if hasattr(self.risk, "stub"):  # the real client: ScreenBatch with the reason codes kept
                 detail, policy = (await batch_decisions.screen_detailed(self.risk, offers, channel, launch.contact_time,
                                                                         items) if n else ({}, ""))
-                verdicts = {c: {o: v for o, (v, _) in d.items()} for c, d in detail.items()}
                 if meta is not None and policy:
                     meta["policy_version"] = policy
             else:
@@ -706,9 +706,10 @@ class LaunchService:
                 details[channel] = detail
             allowed = np.zeros((n, len(offers)), dtype=bool)
             for i, customer_id in enumerate(ids):
-                got = verdicts.get(customer_id) or {}
+                got = detail.get(customer_id) or {}
                 for j, offer in enumerate(offers):
-                    allowed[i, j] = got.get(offer.offer_id) == "ALLOW"
+                    verdict, reasons = got.get(offer.offer_id, ("MISSING", ()))
+                    allowed[i, j] = batch_decisions.selectable(verdict, reasons)  # quiet hours: the dispatcher defers
             out[channel] = allowed
         return out
 

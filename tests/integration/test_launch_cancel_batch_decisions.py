@@ -31,6 +31,8 @@ from tests.integration.test_campaign_launch import CARD, DEPOSIT, FakeAudience, 
 class ReasonedRisk(rpbg.RiskServiceServicer):
     """The card is UNSUITABLE (and AGE_UNKNOWN without an age) for odd customers; everything else allowed."""
 
+    holds: dict = {}  # customer id -> hold reasons (a test sets it)
+
     async def ScreenBatch(self, request_iterator, context):
         async for request in request_iterator:
             results = []
@@ -38,7 +40,10 @@ class ReasonedRisk(rpbg.RiskServiceServicer):
                 verdicts = []
                 for offer in request.offers:
                     odd = int(item.customer_id[1:]) % 2 == 1
-                    if offer.offer_id == "card" and odd:
+                    if item.customer_id in self.holds:  # a hold for the reasons given
+                        verdicts.append(spb.OfferVerdict(offer_id=offer.offer_id, verdict=spb.VERDICT_HOLD,
+                                                         reasons=self.holds[item.customer_id]))
+                    elif offer.offer_id == "card" and odd:
                         reasons = [spb.REASON_CODE_UNSUITABLE] + ([] if item.facts.birth_date
                                                                     else [spb.REASON_CODE_AGE_UNKNOWN])
                         verdicts.append(spb.OfferVerdict(offer_id=offer.offer_id, verdict=spb.VERDICT_DENY,
@@ -52,7 +57,8 @@ class ReasonedRisk(rpbg.RiskServiceServicer):
 @pytest.fixture
 async def env(start):
     server = grpc.aio.server()
-    rpbg.add_RiskServiceServicer_to_server(ReasonedRisk(), server)
+    fake = ReasonedRisk()
+    rpbg.add_RiskServiceServicer_to_server(fake, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     svc = await start(DEFINITION, RISK_SERVICE_ADDR=f"127.0.0.1:{port}", PROFILE_SERVICE_ADDR="127.0.0.1:1",
@@ -60,6 +66,7 @@ async def env(start):
                       CAMPAIGN_TRIGGER_POLL_SECONDS="3600")
     risk = RiskClient(f"127.0.0.1:{port}", default_timeout=5.0)
     channel = grpc.aio.insecure_channel(svc.address)
+    ReasonedRisk.holds = {}
     yield svc, risk, pbg.CampaignServiceStub(channel)
     await channel.close()
     await risk.close()
@@ -191,3 +198,26 @@ async def test_erasure_pseudonymises_a_customer_s_batch_decision_records(env):
         name=f"decisions/{launched.launch_id}:erased-7f"))).decision
     assert dict(kept.snapshot.attributes) == {} and kept.snapshot.region == "" and kept.snapshot_hash
     assert kept.context.placement.endswith("ALLOCATED")
+
+
+async def test_a_quiet_hours_hold_is_selected_for_deferred_delivery_other_holds_are_not(env):
+    """Launched at night, a customer in quiet hours is still selected (the dispatcher defers the message to their
+    morning); an unknown time zone or a frequency cap keeps them out."""
+    svc, risk, stub = env
+    ReasonedRisk.holds = {"c00000": [spb.REASON_CODE_QUIET_HOURS],
+                          "c00001": [spb.REASON_CODE_TIMEZONE_UNKNOWN],
+                          "c00002": [spb.REASON_CODE_QUIET_HOURS, spb.REASON_CODE_FREQUENCY_CAP]}
+    await add_campaign(svc, control=0.0, arms=(("a", 1.0),))
+    launches = LaunchService(lambda: CampaignUnitOfWork(svc.runtime.database), FakeAudience(members(4)), risk,
+                             worker_id="w1", partition_size=4)
+    launched = await launches.launch("spring", "ops-1", None)
+    await launches.run_until_idle()
+    assert sorted(o.customer_id for o in await _rows(svc)) == ["c00000", "c00003"]
+    held = (await stub.GetDecision(pb.GetDecisionRequest(name=f"decisions/{launched.launch_id}:c00000"))).decision
+    assert held.context.placement.endswith("ALLOCATED")
+    [deposit] = held.candidates
+    assert (deposit.verdict, list(deposit.risk_reasons)) == ("HOLD", ["QUIET_HOURS"]) and deposit.expected_value
+    out = (await stub.GetDecision(pb.GetDecisionRequest(name=f"decisions/{launched.launch_id}:c00001"))).decision
+    assert out.context.placement.endswith("INELIGIBLE")
+    explained = await stub.ExplainDecision(pb.ExplainDecisionRequest(name=f"decisions/{launched.launch_id}:c00000"))
+    assert explained.reproduced
