@@ -230,7 +230,8 @@ def _actor(actor: str) -> str:
 
 MAX_HISTORY_BATCH = 10_000
 MAX_SCORE_BATCH = 10_000
-_KINDS: dict[int, str] = {model_pb2.MODEL_KIND_PROPENSITY: "propensity", model_pb2.MODEL_KIND_UPLIFT: "uplift"}
+_KINDS: dict[int, str] = {model_pb2.MODEL_KIND_PROPENSITY: "propensity", model_pb2.MODEL_KIND_UPLIFT: "uplift",
+                          model_pb2.MODEL_KIND_CHURN: "churn"}
 _KIND_VALUES = {v: k for k, v in _KINDS.items()}
 _STATUS = {"CHALLENGER": model_pb2.MODEL_STATUS_CHALLENGER, "CHAMPION": model_pb2.MODEL_STATUS_CHAMPION,
            "RETIRED": model_pb2.MODEL_STATUS_RETIRED}
@@ -600,6 +601,9 @@ class CampaignHandlers(campaign_service_pb2_grpc.CampaignServiceServicer):
     async def TrainModel(self, request: campaign_service_pb2.TrainModelRequest,
                          context: grpc.aio.ServicerContext) -> campaign_service_pb2.TrainModelResponse:
         kind = check_enum(request.kind, model_pb2.ModelKind, "kind")
+        if kind == model_pb2.MODEL_KIND_CHURN:
+            raise InvalidArgument.field("kind", "churn models are trained by RecommendationService.TrainChurnModel "
+                                        "(a label from events, not campaign history)", reason="TRAINED_ELSEWHERE")
         check_id(request.offer_id, "offer_id")
         if request.folds and not 2 <= request.folds <= 10:
             raise InvalidArgument.field("folds", "must be between 2 and 10 (0 means 5)", reason="OUT_OF_RANGE")

@@ -26,6 +26,7 @@ from services.campaign.db import (
     ChurnModelRow,
     CrossSellModelRow,
     HistoryRow,
+    ModelVersionRow,
     OfferRow,
     PriceBandRow,
 )
@@ -106,6 +107,10 @@ class ChurnScoring:
 
 def _recommender_info(row: CrossSellModelRow) -> RecommenderInfo:
     return RecommenderInfo(row.version, recommend.Evaluation(**row.metrics), row.create_time)
+
+
+# The churn model's id in the shared model registry (model_versions).
+CHURN_MODEL_ID = "churn"
 
 
 def _churn_info(row: ChurnModelRow) -> ChurnModelInfo:
@@ -229,6 +234,11 @@ class PersonalisationService:
                                 algorithm=modeling.ALGORITHM, artifact=trained.to_artifact(),
                                 create_time=self.clock())
             uow.session.add(row)
+            # In the shared model registry too (ListModelVersions, PromoteModelVersion), as model "churn".
+            uow.session.add(ModelVersionRow(
+                model_id=CHURN_MODEL_ID, version=row.version, kind="churn", offer_id="", features=row.features,
+                window_start=None, window_end=cutoff + timedelta(days=horizon_days), metrics=row.metrics,
+                status="CHALLENGER", algorithm=row.algorithm, artifact=row.artifact, create_time=row.create_time))
             await uow.session.flush()
             return _churn_info(row)
 
@@ -239,6 +249,9 @@ class PersonalisationService:
         if write_tags and self.tags is None:
             raise FailedPrecondition("TAG_WRITER_UNAVAILABLE", "no tag writer is configured")
         async with self.uow_factory() as uow:
+            if version is None:  # the champion of the registry's "churn" model, else the latest version
+                version = await uow.session.scalar(select(ModelVersionRow.version).where(
+                    ModelVersionRow.model_id == CHURN_MODEL_ID, ModelVersionRow.status == "CHAMPION"))
             query = select(ChurnModelRow)
             query = (query.where(ChurnModelRow.version == version) if version is not None
                      else query.order_by(ChurnModelRow.version.desc()).limit(1))

@@ -204,6 +204,23 @@ async def test_churn_train_score_and_tags_written_to_profile(start, monkeypatch)
         assert model.metrics.training_rows == N and model.metrics.positive_rate == pytest.approx(0.5)
         assert model.metrics.folds == 2 and list(model.features) == ["frequency_90d", "recency_days"]
         assert fake.as_of == {CUTOFF, CUTOFF + timedelta(days=30)}  # point in time: nothing later
+        # The shared model registry lists it like any other model, as model "churn", and can promote it.
+        from lodestar.campaign.v1 import campaign_service_pb2 as cpb
+        from lodestar.campaign.v1 import campaign_service_pb2_grpc as cpbg
+        from lodestar.campaign.v1 import model_pb2
+
+        registry = cpbg.CampaignServiceStub(channel)
+        [listed] = (await registry.ListModelVersions(cpb.ListModelVersionsRequest(model_id="churn"))).model_versions
+        assert (listed.name, listed.kind, listed.status) == ("models/churn/versions/1", model_pb2.MODEL_KIND_CHURN,
+                                                            model_pb2.MODEL_STATUS_CHALLENGER)
+        assert listed.metrics.auc == pytest.approx(model.metrics.auc) and list(listed.features) == list(model.features)
+        await expect_error(registry.TrainModel(cpb.TrainModelRequest(kind=model_pb2.MODEL_KIND_CHURN, offer_id="x")),
+                           grpc.StatusCode.INVALID_ARGUMENT, "TRAINED_ELSEWHERE")
+        second = await stub.TrainChurnModel(pb.TrainChurnModelRequest(cutoff_time=ts(CUTOFF), horizon_days=30,
+                                                                      folds=2, request_id="churn-2"))
+        assert second.name == "churnModels/2"
+        await registry.PromoteModelVersion(cpb.PromoteModelVersionRequest(name="models/churn/versions/1"))
+        assert (await stub.ScoreChurn(pb.ScoreChurnRequest(customer_ids=["r-001"]))).model == "churnModels/1"
 
         await expect_error(stub.ScoreChurn(pb.ScoreChurnRequest(customer_ids=["r-001", "nobody"], write_tags=True)),
                            grpc.StatusCode.NOT_FOUND, "CUSTOMER_NOT_FOUND")
