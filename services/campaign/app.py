@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from pathlib import Path
 
@@ -83,38 +81,15 @@ async def register(server: grpc.aio.Server, runtime: Runtime) -> None:
     # Data-subject requests (access, erasure), driven by risk (data_subject.py).
     data_subject_pb2_grpc.add_DataSubjectServiceServicer_to_server(
         DataSubjectHandlers(CampaignDataSubject(runtime.database)), server)
-    scheduler = asyncio.create_task(_run_scheduler(lifecycle, float(runtime.settings.extra.get(
-        SCHEDULER_INTERVAL, DEFAULT_SCHEDULER_INTERVAL_SECONDS))))
-
-    async def stop_scheduler() -> None:
-        scheduler.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await scheduler
-
-    runtime.closers.append(stop_scheduler)
-    worker = asyncio.create_task(_run_launch_worker(launches, float(runtime.settings.extra.get(
-        LAUNCH_INTERVAL, DEFAULT_LAUNCH_INTERVAL_SECONDS))))
-
-    async def stop_worker() -> None:
-        worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await worker
-
-    runtime.closers.insert(0, stop_worker)
+    # Every replica runs both; transitions and launch steps are claimed through the database.
+    runtime.run_in_background("campaign scheduler", lifecycle.advance_schedules, float(runtime.settings.extra.get(
+        SCHEDULER_INTERVAL, DEFAULT_SCHEDULER_INTERVAL_SECONDS)))
+    runtime.run_in_background("launch worker", launches.step, float(runtime.settings.extra.get(
+        LAUNCH_INTERVAL, DEFAULT_LAUNCH_INTERVAL_SECONDS)))
 
 
 SCHEDULER_INTERVAL = "CAMPAIGN_SCHEDULER_INTERVAL_SECONDS"
 DEFAULT_SCHEDULER_INTERVAL_SECONDS = 5.0
-
-
-async def _run_scheduler(lifecycle: CampaignLifecycle, interval: float) -> None:
-    """Every replica runs this; transitions are conditional updates, so a campaign moves exactly once."""
-    while True:
-        try:
-            await lifecycle.advance_schedules()
-        except Exception:  # a database blip must not kill the loop; it is logged and retried next tick
-            log.warning("campaign scheduler tick failed", exc_info=True)
-        await asyncio.sleep(interval)
 
 
 LAUNCH_INTERVAL = "CAMPAIGN_LAUNCH_POLL_SECONDS"
@@ -122,19 +97,6 @@ DEFAULT_LAUNCH_INTERVAL_SECONDS = 1.0
 # Members per launch partition: the unit replicas claim (and redo after a crash).
 PARTITION_SIZE = "CAMPAIGN_LAUNCH_PARTITION_SIZE"
 DEFAULT_PARTITION_SIZE = 5000
-
-
-async def _run_launch_worker(launches: LaunchService, interval: float) -> None:
-    """Every replica runs this: one step at a time (a plan, a partition or an allocation), claimed through the
-    database; it sleeps only when there was nothing to take."""
-    while True:
-        try:
-            busy = await launches.step()
-        except Exception:  # a database blip must not kill the loop
-            log.warning("launch worker step failed", exc_info=True)
-            busy = False
-        if not busy:
-            await asyncio.sleep(interval)
 
 
 def _check_settings(settings: ServiceSettings) -> None:

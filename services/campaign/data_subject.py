@@ -96,9 +96,7 @@ class CampaignDataSubject:
         async with self._uow() as uow:
             for table in customer_tables():
                 section = await table_section(uow, table, table.c.customer_id == customer_id, counts_only)
-
                 if section is not None:
-
                     sections.append(section)
             assignments = []
             for partition in await self._partitions(uow, customer_id):

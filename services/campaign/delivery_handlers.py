@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import datetime
 
@@ -165,32 +164,24 @@ def wire_delivery(server: grpc.aio.Server, runtime: Runtime) -> None:
                                      adapters, settings=settings, metrics=runtime.metrics,
                                      tracer_provider=runtime.tracer_provider)
     runtime.components["dispatcher"] = dispatcher
-    task = asyncio.create_task(run_dispatcher(dispatcher, settings.poll_seconds))
-
-    async def stop_dispatcher() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    runtime.closers.insert(0, stop_dispatcher)
+    runtime.run_in_background("dispatcher", DispatchLoop(dispatcher).step, settings.poll_seconds)
 
 
-async def run_dispatcher(dispatcher: dispatch.Dispatcher, interval: float) -> None:
-    """Every replica runs this: claims due deliveries through the database; sleeps only when nothing was due;
-    reports the outbox depth gauge every DEPTH_REPORT_SECONDS."""
-    loop = asyncio.get_running_loop()
-    reported = float("-inf")
-    while True:
-        try:
-            busy = await dispatcher.step()
-        except Exception:  # a database blip must not kill the loop
-            log.warning("dispatcher step failed", exc_info=True)
-            busy = 0
-        if loop.time() - reported >= DEPTH_REPORT_SECONDS:
-            reported = loop.time()
+class DispatchLoop:
+    """One tick of the dispatcher's background loop: claim and send due deliveries (work found: truthy), and
+    report the outbox depth gauge every DEPTH_REPORT_SECONDS."""
+
+    def __init__(self, dispatcher: dispatch.Dispatcher) -> None:
+        self.dispatcher = dispatcher
+        self.reported = float("-inf")
+
+    async def step(self) -> int:
+        now = asyncio.get_running_loop().time()
+        if now - self.reported >= DEPTH_REPORT_SECONDS:
+            self.reported = now
             try:
-                await dispatcher.report_depth()
-            except Exception:
+                await self.dispatcher.report_depth()
+            except Exception:  # the gauge must not stop the sending
                 log.warning("outbox depth report failed", exc_info=True)
-        if not busy:
-            await asyncio.sleep(interval)
+        return await self.dispatcher.step()
+

@@ -3,8 +3,6 @@ and the learning loop into the campaign service (`wire_responses`, called from a
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import math
 from typing import Any
@@ -146,23 +144,5 @@ def wire_responses(server: grpc.aio.Server, runtime: Runtime, service: Any, laun
     runtime.components["learning_loop"] = loop
     interval = float(runtime.settings.extra.get(learning_loop.INTERVAL_SETTING)
                      or learning_loop.DEFAULT_INTERVAL_SECONDS)
-    task = asyncio.create_task(_run_loop(loop, interval))
-
-    async def stop() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    runtime.closers.insert(0, stop)
-
-
-async def _run_loop(loop: LearningLoop, interval: float) -> None:
-    """Every replica runs this; runs are claimed through the database, so a campaign is learned from once."""
-    while True:
-        try:
-            busy = await loop.step()
-        except Exception:  # a database blip must not kill the loop; logged, retried next tick
-            log.warning("learning loop step failed", exc_info=True)
-            busy = False
-        if not busy:
-            await asyncio.sleep(interval)
+    # Every replica runs it; runs are claimed through the database, so a campaign is learned from once.
+    runtime.run_in_background("learning loop", loop.step, interval)

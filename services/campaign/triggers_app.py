@@ -4,8 +4,6 @@ handlers, the feed-following loop."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -67,15 +65,9 @@ def wire_triggers(server: grpc.aio.Server, runtime: Runtime, service: Any, launc
     runtime.components["triggers"] = triggers
     runtime.components["holdout"] = holdout
     trigger_pb2_grpc.add_TriggerServiceServicer_to_server(TriggerHandlers(triggers), server)
-    task = asyncio.create_task(_follow(triggers, float(runtime.settings.extra.get(
-        TRIGGER_POLL, DEFAULT_TRIGGER_POLL_SECONDS))))
-
-    async def stop() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    runtime.closers.insert(0, stop)
+    # Every replica runs it; one holds the feed's lease at a time.
+    runtime.run_in_background("trigger feed", triggers.step, float(runtime.settings.extra.get(
+        TRIGGER_POLL, DEFAULT_TRIGGER_POLL_SECONDS)))
     return triggers
 
 
@@ -89,15 +81,3 @@ def wire_reports(server: grpc.aio.Server, runtime: Runtime, lifecycle: Any, segm
     runtime.components["reports"] = reports
     campaign_report_pb2_grpc.add_CampaignReportServiceServicer_to_server(ReportHandlers(reports), server)
     return reports
-
-
-async def _follow(triggers: TriggerService, interval: float) -> None:
-    """Every replica runs this; one holds the feed's lease at a time. Sleeps only when nothing was new."""
-    while True:
-        try:
-            busy = await triggers.step()
-        except Exception:  # a database blip must not kill the loop; logged, retried next tick
-            log.warning("trigger feed step failed", exc_info=True)
-            busy = False
-        if not busy:
-            await asyncio.sleep(interval)

@@ -74,9 +74,7 @@ class GatewayDataSubject:
                 queries += [(t, tuple_(t.c.partner_id, t.c.customer_ref).in_(refs)) for t in ref_tables()]
             for table, where in sorted(queries, key=lambda q: q[0].name):
                 section = await table_section(uow, table, where, counts_only)
-
                 if section is not None:
-
                     sections.append(section)
         return export_response(SERVICE, sections)
 

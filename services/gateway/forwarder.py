@@ -17,8 +17,6 @@ campaign is unreachable nothing is marked and the next tick retries.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import logging
 from collections import Counter
@@ -151,31 +149,19 @@ class Forwarder:
             "dispositions": dispositions})
         return ForwardResult(len(lead_ids), len(conversion_ids), dispositions)
 
+    async def tick(self) -> bool:
+        """One tick of the background loop: whether anything was forwarded (then the next batch goes at once).
+        Campaign unavailable is logged by forward_once and retried on the next tick."""
+        try:
+            result = await self.forward_once()
+        except DomainError:
+            return False
+        return bool(result.dispositions)
+
 
 def start_forwarder(runtime: Any, sink: ResponseSink) -> None:
     """The forwarding loop as a background task of the gateway (stopped first at shutdown)."""
     forwarder = Forwarder(lambda: GatewayUnitOfWork(runtime.database), sink)
     runtime.components["forwarder"] = forwarder
     interval = float(runtime.settings.extra.get(INTERVAL_SETTING) or DEFAULT_INTERVAL_SECONDS)
-    task = asyncio.create_task(_run(forwarder, interval))
-
-    async def stop() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    runtime.closers.insert(0, stop)
-
-
-async def _run(forwarder: Forwarder, interval: float) -> None:
-    while True:
-        try:
-            result = await forwarder.forward_once()
-            busy = bool(result.leads or result.conversions)
-        except DomainError:  # campaign unavailable: logged in forward_once, retried next tick
-            busy = False
-        except Exception:  # a database blip must not kill the loop
-            log.warning("forwarding tick failed", exc_info=True)
-            busy = False
-        if not busy:
-            await asyncio.sleep(interval)
+    runtime.run_in_background("forwarder", forwarder.tick, interval)

@@ -65,6 +65,25 @@ class Runtime:
     components: dict[str, Any] = field(default_factory=dict)
     # The platform's metric instruments on this service's MeterProvider (telemetry.METRICS lists them).
     metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
+    # Loops started by run_in_background; cancelled at shutdown before the closers run (their clients close then).
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def run_in_background(self, name: str, step: Callable[[], Awaitable[Any]], interval: float) -> None:
+        """Runs `step` on every replica until shutdown: again at once while it reports work (a truthy result),
+        else after `interval` seconds. Work is claimed through the database, so replicas never need to talk. An
+        exception is logged and retried on the next tick: a database blip must not kill the loop."""
+        self.background.append(asyncio.create_task(_background_loop(name, step, interval), name=name))
+
+
+async def _background_loop(name: str, step: Callable[[], Awaitable[Any]], interval: float) -> None:
+    while True:
+        try:
+            busy = await step()
+        except Exception:
+            log.warning("%s: step failed", name, exc_info=True)
+            busy = False
+        if not busy:
+            await asyncio.sleep(interval)
 
 
 @dataclass(frozen=True)
@@ -142,6 +161,11 @@ class RunningService:
         if drain > 0:
             await asyncio.sleep(drain)  # let load balancers see NOT_SERVING before we refuse calls
         await self.server.stop(settings.shutdown_grace_seconds if grace_seconds is None else grace_seconds)
+        for task in self.runtime.background:
+            task.cancel()
+        for task in self.runtime.background:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         for close in reversed(self.runtime.closers):
             with contextlib.suppress(Exception):
                 await close()

@@ -57,9 +57,7 @@ class ProfileDataSubject:
         async with self._uow() as uow:
             for table in customer_tables():
                 section = await table_section(uow, table, table.c.customer_id == customer_id, counts_only)
-
                 if section is not None:
-
                     sections.append(section)
         if self.keyring is not None:
             async with ProfileUnitOfWork(self.database, self.keyring) as profile:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import grpc
@@ -86,8 +85,7 @@ async def _register_dsr(server: grpc.aio.Server, runtime: Runtime) -> None:
     runtime.components["dsr"] = requests
     data_subject_request_pb2_grpc.add_DataSubjectRequestServiceServicer_to_server(
         dsr.DataSubjectRequestHandlers(requests), server)
-    worker = asyncio.create_task(requests.run_worker())
-    runtime.closers.insert(0, lambda: dsr.stop_task(worker))
+    runtime.run_in_background("data-subject requests", requests.step, requests.settings.poll_seconds)
 
 
 DEFINITION = ServiceDefinition(

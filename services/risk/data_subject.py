@@ -98,9 +98,7 @@ class RiskDataSubject:
                 if table.name.startswith(RETAINED_PREFIX):
                     continue  # anti-money-laundering records are never disclosed to their subject
                 section = await table_section(uow, table, table.c.customer_id == customer_id, counts_only)
-
                 if section is not None:
-
                     sections.append(section)
         return export_response(SERVICE, sections)
 

@@ -8,10 +8,10 @@ Start (StartAccessRequest / StartErasureRequest):
 3. each service counts what it holds (`ExportCustomerData(counts_only)`); nothing anywhere: the request is
    REJECTED with CUSTOMER_NOT_FOUND (recorded) and the caller gets NOT_FOUND CUSTOMER_NOT_FOUND.
 
-Work (every risk replica runs `run_worker`): a request is claimed with a lease (a conditional UPDATE of
-claimed_by / lease_until, like campaign's launch partitions); its steps run in order — profile, campaign,
-gateway (over their DataSubjectService), then risk itself — and each step's receipt (erasure) or export
-(access) is stored in the transaction that marks the step done, conditional on still holding the claim. A
+Work (every risk replica runs `step` in a background loop, app.py): a request is claimed with a lease (a
+conditional UPDATE of claimed_by / lease_until, like campaign's launch partitions); its steps run in order —
+profile, campaign, gateway (over their DataSubjectService), then risk itself — and each step's receipt (erasure)
+or export (access) is stored in the transaction that marks the step done, conditional on still holding the claim. A
 failed step releases the claim with a back-off (status_message and the step's last_error say why, without
 personal data); a crashed worker's lease expires and another worker (or the restarted one) resumes from the
 first step not done. A step is never repeated once done; a step redone after a crash between the service's
@@ -26,7 +26,6 @@ is cleared from the ledger; what remains is its keyed hash (to find the erasure 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import io
 import json
@@ -335,17 +334,6 @@ class DsrService:
             await uow.commit()
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
-    async def run_worker(self) -> None:
-        """Every replica runs this; it sleeps only when there was nothing to take."""
-        while True:
-            try:
-                busy = await self.step()
-            except Exception:  # a database blip must not kill the loop
-                log.warning("data-subject request worker failed", exc_info=True)
-                busy = False
-            if not busy:
-                await asyncio.sleep(self.settings.poll_seconds)
-
     async def _process(self, request_id: str) -> None:
         view = await self.get(request_id)
         row = view.row
@@ -543,9 +531,3 @@ class DataSubjectRequestHandlers(pbg.DataSubjectRequestServiceServicer):
         for offset in range(0, len(data), ARCHIVE_CHUNK):
             yield pb.GetAccessArchiveResponse(chunk=data[offset:offset + ARCHIVE_CHUNK], offset=offset,
                                               total_size=len(data), sha256=digest)
-
-
-async def stop_task(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
