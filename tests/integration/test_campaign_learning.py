@@ -244,6 +244,8 @@ async def test_cli_imports_history_from_csv_and_trains(env, tmp_path, monkeypatc
     code, body = await cli("import", "history", str(tmp_path / "no_offer.csv"))
     assert code == 1 and body["error"]["reason"] == "HISTORY_COLUMNS_MISSING"
     assert "converted" in body["error"]["message"]
+    code, body = await cli("import", "history", str(tmp_path / "missing.csv"))
+    assert code == 1 and (body["error"]["code"], body["error"]["reason"]) == ("INVALID_ARGUMENT", "FILE_NOT_FOUND")
 
     code, body = await cli("models", "train", "--offer", "deposit", "--folds", "3")
     assert code == 0
