@@ -177,6 +177,13 @@ async def test_do_not_contact_bad_input(risk: Risk, request_: Any, field: str, r
     assert await risk.count(DoNotContactRow) == 0
 
 
+def daytime(at: datetime) -> datetime:
+    """The first 12:00 in Asia/Shanghai (04:00 UTC) at or after `at`: a contact outside quiet hours whatever the
+    hour the test runs at (the screenings below are relative to now)."""
+    noon = at.astimezone(UTC).replace(hour=4, minute=0, second=0, microsecond=0)
+    return noon if noon >= at else noon + timedelta(days=1)
+
+
 async def test_complaint_starts_a_cool_off_on_every_outbound_channel(risk: Risk) -> None:
     await risk.stub.RecordConsent(consent_request(channel=SMS))
     await risk.stub.RecordConsent(consent_request(channel=EMAIL))
@@ -185,9 +192,9 @@ async def test_complaint_starts_a_cool_off_on_every_outbound_channel(risk: Risk)
     recorded = response.record_time.ToDatetime(tzinfo=UTC)
     assert response.cool_off_until.ToDatetime(tzinfo=UTC) - recorded == timedelta(days=10)
     for channel in (SMS, EMAIL):
-        screened = await risk.stub.Screen(screen_request(channel=channel, at=recorded + timedelta(days=3)))
+        screened = await risk.stub.Screen(screen_request(channel=channel, at=daytime(recorded + timedelta(days=3))))
         assert verdicts(screened) == [("deposit-1", R.VERDICT_DENY, [R.REASON_CODE_COOL_OFF])]
-    after = await risk.stub.Screen(screen_request(at=recorded + timedelta(days=10, hours=1)))
+    after = await risk.stub.Screen(screen_request(at=daytime(recorded + timedelta(days=10, hours=1))))
     assert _reasons(after) == []
     [row] = await risk.rows(ComplaintRow)
     assert (row.customer_id, row.channel, row.category) == ("cust-1", "SMS", "unwanted-contact")
@@ -196,13 +203,14 @@ async def test_complaint_starts_a_cool_off_on_every_outbound_channel(risk: Risk)
 async def test_a_withdrawal_cools_off_other_channels_until_regranted(risk: Risk) -> None:
     await risk.stub.RecordConsent(consent_request(channel=EMAIL))
     await risk.stub.RecordConsent(consent_request(channel=SMS, action=R.CONSENT_ACTION_WITHDRAW))
-    email = await risk.stub.Screen(screen_request(channel=EMAIL, at=datetime.now(UTC) + timedelta(days=1)))
+    email = await risk.stub.Screen(screen_request(channel=EMAIL, at=daytime(datetime.now(UTC) + timedelta(days=1))))
     assert _reasons(email) == [R.REASON_CODE_COOL_OFF]
-    email_later = await risk.stub.Screen(screen_request(channel=EMAIL, at=datetime.now(UTC) + timedelta(days=11)))
+    email_later = await risk.stub.Screen(screen_request(channel=EMAIL,
+                                                        at=daytime(datetime.now(UTC) + timedelta(days=11))))
     assert _reasons(email_later) == []
     await risk.stub.RecordConsent(consent_request(channel=SMS))
-    assert _reasons(await risk.stub.Screen(screen_request(channel=EMAIL, at=datetime.now(UTC) + timedelta(days=1)))
-                    ) == []
+    assert _reasons(await risk.stub.Screen(screen_request(
+        channel=EMAIL, at=daytime(datetime.now(UTC) + timedelta(days=1))))) == []
 
 
 async def test_withdrawal_for_a_customer_risk_never_saw_is_recorded(risk: Risk) -> None:
