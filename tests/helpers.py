@@ -49,3 +49,18 @@ async def expect_error(call, code: grpc.StatusCode, reason: str | None = None) -
     if reason is not None:
         assert got.reason == reason, f"expected reason {reason}, got {got.reason!r}: {got.message}"
     return got
+
+
+async def stored_partitions(database):
+    """Every done launch partition's selection (launch.PartitionResult), of every launch in `database`, as the
+    allocation reads it: from the partition's decision records."""
+    from sqlalchemy import select
+
+    from services.campaign.db import LaunchRow
+    from services.campaign.launch import partition_results
+
+    async with database.sessionmaker() as session:
+        parts = []
+        for launch_id in await session.scalars(select(LaunchRow.launch_id).order_by(LaunchRow.create_time)):
+            parts += [part for _, part in await partition_results(session, launch_id)]
+        return parts

@@ -84,11 +84,12 @@ def allocate(
     costs = np.asarray(costs, dtype=float)
     _check(values, costs, offer_channels, budget, capacity, per_customer_cap, conversions, method)
     capacity = dict(capacity or {})
-    allocation = _solve(values, costs, offer_channels, budget, capacity, per_customer_cap, method)
+    orders: dict[bool, tuple[np.ndarray, np.ndarray]] = {}  # the greedy's candidate order, kept for _price
+    allocation = _solve(values, costs, offer_channels, budget, capacity, per_customer_cap, method, orders)
     allocation.cut_by = _cut_reasons(values, costs, offer_channels, budget, capacity, allocation)
     if price_constraints:
         allocation.constraint_costs = _price(values, costs, offer_channels, budget, capacity, per_customer_cap,
-                                             conversions, allocation)
+                                             conversions, allocation, orders)
     return allocation
 
 
@@ -123,11 +124,13 @@ def _candidates(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _solve(values: np.ndarray, costs: np.ndarray, offer_channels: Sequence[str], budget: float | None,
-           capacity: dict[str, int], per_customer_cap: int, method: str) -> Allocation:
+           capacity: dict[str, int], per_customer_cap: int, method: str,
+           orders: dict[bool, tuple[np.ndarray, np.ndarray]] | None = None) -> Allocation:
     rows, cols = _candidates(values)
     use_milp = method == "milp" or (method == "auto" and len(rows) <= MILP_MAX_CANDIDATES)
     chosen = (_milp(values, costs, offer_channels, budget, capacity, per_customer_cap, rows, cols) if use_milp
-              else _greedy(values, costs, offer_channels, budget, capacity, per_customer_cap, rows, cols))
+              else _greedy(values, costs, offer_channels, budget, capacity, per_customer_cap, rows, cols,
+                           {} if orders is None else orders))
     n = values.shape[0]
     assignment = np.full(n, -1, dtype=np.int64)
     if per_customer_cap == 1:
@@ -141,12 +144,19 @@ def _solve(values: np.ndarray, costs: np.ndarray, offer_channels: Sequence[str],
     binding = [f"CAPACITY:{k}" for k, limit in sorted(capacity.items()) if contacts.get(k, 0) >= limit]
     if budget is not None:
         cheapest_left = _cheapest_unchosen(costs, rows, cols, chosen)
-        if cheapest_left is not None and spend + cheapest_left > budget + 1e-9:
+        if cheapest_left is not None and spend + cheapest_left > budget + _slack(budget):
             binding.append("BUDGET")
     return Allocation(assignment=assignment, pairs=np.column_stack((rows[chosen], cols[chosen])),
                       objective=float(values[rows[chosen], cols[chosen]].sum()),
                       method="milp" if use_milp else "greedy", spend=spend, contacts_by_channel=contacts,
                       binding=binding)
+
+
+def _slack(budget: float | None) -> float:
+    """How far a spend may pass the budget by rounding alone: a running sum of 10^5 costs drifts by ~1e-11, so
+    without a margin the greedy's block sums and the one-at-a-time loop could part on a cost that exactly fits;
+    a billionth of the budget is far above that drift and far below any real cost."""
+    return 0.0 if budget is None or not np.isfinite(budget) else 1e-9 * max(1.0, abs(budget))
 
 
 def _cheapest_unchosen(costs: np.ndarray, rows: np.ndarray, cols: np.ndarray, chosen: np.ndarray) -> float | None:
@@ -177,22 +187,71 @@ def _milp(values: np.ndarray, costs: np.ndarray, offer_channels: Sequence[str], 
 
 
 def _greedy(values: np.ndarray, costs: np.ndarray, offer_channels: Sequence[str], budget: float | None,
-            capacity: dict[str, int], per_customer_cap: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+            capacity: dict[str, int], per_customer_cap: int, rows: np.ndarray, cols: np.ndarray,
+            orders: dict[bool, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """The greedy pass (see the module docstring): candidates best first, each taken while its customer, channel
+    and the budget still have room. Vectorised in blocks for one contact per customer (see _greedy_blocks), over
+    the candidates that can be taken at all (_undominated); the plain loop over every candidate,
+    _greedy_sequential, is the definition and serves higher caps. `orders` keeps the sorted candidates per kind
+    of key, for the re-solves that price the constraints."""
     v = values[rows, cols]
     c = costs[rows, cols]
-    total_cost = float(c.sum())
-    budget_binds = budget is not None and total_cost > budget
-    key = v / np.maximum(c, 1e-12) if budget_binds else v
-    order = np.lexsort((rows, -key))  # best first, ties by customer for determinism
-    channel_index = {k: i for i, k in enumerate(sorted(set(offer_channels)))}
-    offer_channel = np.array([channel_index[k] for k in offer_channels], dtype=np.int64)
-    room = np.array([capacity.get(k, np.iinfo(np.int64).max) for k in sorted(channel_index)], dtype=np.int64)
-    per_customer = np.zeros(values.shape[0], dtype=np.int64)
+    budget_binds = budget is not None and float(c.sum()) > budget
+    names = sorted(set(offer_channels))
+    channel_index = {k: i for i, k in enumerate(names)}
+    option_channel = np.array([channel_index[k] for k in offer_channels], dtype=np.int64)
+    room = np.array([capacity.get(k, np.iinfo(np.int64).max) for k in names], dtype=np.int64)
     left = float("inf") if budget is None else float(budget)
+    if budget_binds not in orders:
+        key = v / np.maximum(c, 1e-12) if budget_binds else v
+        kept = (np.flatnonzero(_undominated(values.shape, rows, cols, c, key, option_channel))
+                if per_customer_cap == 1 else np.arange(len(rows)))
+        # Best first, ties by customer then option for determinism: candidates come in (row, column) order, and
+        # a stable sort keeps it among equal keys.
+        orders[budget_binds] = (kept, kept[np.argsort(-key[kept], kind="stable")])
+    _, order = orders[budget_binds]
+    if per_customer_cap == 1:
+        return _greedy_blocks(rows, option_channel[cols], c, order, room, left, values.shape[0])
+    return _greedy_sequential(rows, option_channel[cols], c, order, room, left, values.shape[0], per_customer_cap)
+
+
+def _undominated(shape: tuple[int, ...], rows: np.ndarray, cols: np.ndarray, c: np.ndarray, key: np.ndarray,
+                 option_channel: np.ndarray) -> np.ndarray:
+    """With one contact per customer, a candidate the customer has a better one for — earlier in the greedy's
+    order (a higher key, or the same key and a lower option), on the same channel, costing no more — can never
+    be taken: when the greedy reaches it, that better one was taken (the customer is served) or refused for a
+    full channel or a budget it could not pay, which this one cannot pay either. Dropping such candidates before
+    the sort changes nothing but the time (tests compare with the loop over every candidate)."""
+    keys = np.full(shape, -np.inf)
+    keys[rows, cols] = key
+    prices = np.full(shape, np.inf)
+    prices[rows, cols] = c
+    present = np.zeros(shape, dtype=bool)
+    present[rows, cols] = True
+    keep = np.zeros(shape, dtype=bool)
+    for channel in np.unique(option_channel):
+        options = np.flatnonzero(option_channel == channel)
+        order = np.argsort(-keys[:, options], axis=1, kind="stable")  # per customer, the greedy's order
+        ranked = np.take_along_axis(prices[:, options], order, axis=1)
+        ranked_present = np.take_along_axis(present[:, options], order, axis=1)
+        ranked = np.where(ranked_present, ranked, np.inf)
+        cheapest_before = np.concatenate([np.full((shape[0], 1), np.inf),
+                                          np.minimum.accumulate(ranked, axis=1)[:, :-1]], axis=1)
+        kept = np.zeros_like(ranked_present)
+        np.put_along_axis(kept, order, ranked_present & (ranked < cheapest_before), axis=1)
+        keep[:, options] = kept
+    return np.asarray(keep[rows, cols])
+
+
+def _greedy_sequential(rows: np.ndarray, channels: np.ndarray, c: np.ndarray, order: np.ndarray, room: np.ndarray,
+                       left: float, customers: int, per_customer_cap: int) -> np.ndarray:
+    room = room.copy()
+    slack = _slack(left)
+    per_customer = np.zeros(customers, dtype=np.int64)
     chosen = np.zeros(len(rows), dtype=bool)
     for idx in order:
-        r, ch, cost = rows[idx], offer_channel[cols[idx]], c[idx]
-        if per_customer[r] >= per_customer_cap or room[ch] <= 0 or cost > left + 1e-12:
+        r, ch, cost = rows[idx], channels[idx], c[idx]
+        if per_customer[r] >= per_customer_cap or room[ch] <= 0 or cost > left + slack:
             continue
         chosen[idx] = True
         per_customer[r] += 1
@@ -201,36 +260,75 @@ def _greedy(values: np.ndarray, costs: np.ndarray, offer_channels: Sequence[str]
     return chosen
 
 
+GREEDY_BLOCK = 65_536
+
+
+def _greedy_blocks(rows: np.ndarray, channels: np.ndarray, c: np.ndarray, order: np.ndarray, room: np.ndarray,
+                   left: float, customers: int) -> np.ndarray:
+    """Exactly _greedy_sequential with a cap of one, a block of candidates at a time. In a block, drop those that
+    cannot fit any more (customer served, channel full, cost above what is left: the state only tightens), keep
+    each customer's first candidate, and accept the longest prefix that fits the budget and every channel by
+    running sums. The first candidate that does not fit is rejected, as the loop would, and the next block
+    starts right after it. Every such stop exhausts a channel or rules out every cost at least as high as the
+    rejected one, so there are at most (channels + distinct costs) of them beyond the blocks themselves."""
+    room = room.astype(np.int64).copy()
+    slack = _slack(left)
+    served = np.zeros(customers, dtype=bool)
+    chosen = np.zeros(len(rows), dtype=bool)
+    position, total = 0, len(order)
+    while position < total:
+        block = order[position:position + GREEDY_BLOCK]
+        fits = ~served[rows[block]] & (room[channels[block]] > 0) & (c[block] <= left + slack)
+        live = np.flatnonzero(fits)
+        if not len(live):
+            position += len(block)
+            continue
+        members = rows[block[live]]
+        _, first = np.unique(members, return_index=True)
+        live = live[np.sort(first)]  # each customer's first candidate in the block, in order
+        picked = block[live]
+        spent = np.cumsum(c[picked])
+        over = spent > left + slack
+        picked_channels = channels[picked]
+        for k in np.unique(picked_channels):
+            on_k = picked_channels == k
+            over |= on_k & (np.cumsum(on_k) > room[k])
+        stop = int(np.argmax(over)) if over.any() else len(picked)
+        accepted = picked[:stop]
+        chosen[accepted] = True
+        served[rows[accepted]] = True
+        np.subtract.at(room, channels[accepted], 1)
+        left -= float(c[accepted].sum())
+        position += len(block) if stop == len(picked) else int(live[stop]) + 1
+    return chosen
+
+
 def _cut_reasons(values: np.ndarray, costs: np.ndarray, offer_channels: Sequence[str], budget: float | None,
                  capacity: dict[str, int], allocation: Allocation) -> list[str]:
-    reasons = []
+    n = values.shape[0]
+    if n == 0:
+        return []
     allowed = ~np.isnan(values)
+    best_values = np.where(allowed, values, -np.inf)
+    best = np.argmax(best_values, axis=1)
+    best_value = best_values[np.arange(n), best]
+    reasons = np.full(n, "OUTRANKED", dtype=object)
     left = None if budget is None else budget - allocation.spend
-    for i in range(values.shape[0]):
-        if allocation.assignment[i] >= 0:
-            reasons.append("")
-            continue
-        if not allowed[i].any():
-            reasons.append("INELIGIBLE")
-            continue
-        row = np.where(allowed[i], values[i], -np.inf)
-        best = int(np.argmax(row))
-        if row[best] <= 0:
-            reasons.append("NOT_PROFITABLE")
-            continue
-        channel = offer_channels[best]
-        if channel in capacity and allocation.contacts_by_channel.get(channel, 0) >= capacity[channel]:
-            reasons.append(f"CAPACITY:{channel}")
-        elif left is not None and costs[i, best] > left + 1e-9:
-            reasons.append("BUDGET")
-        else:
-            reasons.append("OUTRANKED")
-    return reasons
+    if left is not None:
+        reasons[costs[np.arange(n), best] > left + _slack(budget)] = "BUDGET"
+    channel_of = np.asarray(offer_channels, dtype=object)[best]
+    for channel, limit in capacity.items():
+        if allocation.contacts_by_channel.get(channel, 0) >= limit:
+            reasons[channel_of == channel] = f"CAPACITY:{channel}"
+    reasons[best_value <= 0] = "NOT_PROFITABLE"
+    reasons[~allowed.any(axis=1)] = "INELIGIBLE"
+    reasons[allocation.assignment >= 0] = ""
+    return list(reasons)
 
 
 def _price(values: np.ndarray, costs: np.ndarray, offer_channels: Sequence[str], budget: float | None,
            capacity: dict[str, int], per_customer_cap: int, conversions: np.ndarray | None,
-           allocation: Allocation) -> list[ConstraintCost]:
+           allocation: Allocation, orders: dict[bool, tuple[np.ndarray, np.ndarray]]) -> list[ConstraintCost]:
     out = []
     base_conversions = _conversions(conversions, allocation)
     for constraint in allocation.binding:
@@ -245,7 +343,7 @@ def _price(values: np.ndarray, costs: np.ndarray, offer_channels: Sequence[str],
             step = 1000.0
             relaxed_capacity[channel] = capacity[channel] + int(step)
         again = _solve(values, costs, offer_channels, relaxed_budget, relaxed_capacity, per_customer_cap,
-                       allocation.method)
+                       allocation.method, orders)
         gain_conversions = None
         if base_conversions is not None:
             gain_conversions = _conversions(conversions, again) - base_conversions  # type: ignore[operator]

@@ -57,15 +57,19 @@ async def register(server: grpc.aio.Server, runtime: Runtime) -> None:
     segments = SegmentClient(deps["profile"], tracer_provider=runtime.tracer_provider, default_timeout=1.0)
     batch_risk = RiskClient(deps["risk"], tracer_provider=runtime.tracer_provider, default_timeout=1.0)
     runtime.closers += [profile.close, risk.close, segments.close, batch_risk.close]
-    learning = LearningService(lambda: CampaignUnitOfWork(runtime.database), profile)
+    # Profile's behaviour features, point in time: joined into training rows as of their contact time, and asked
+    # as of the decision time when a champion model reads them (learning.py).
+    learning = LearningService(lambda: CampaignUnitOfWork(runtime.database), profile, features=profile)
     service = CampaignService(lambda: CampaignUnitOfWork(runtime.database), profile, risk,
-                              metrics=runtime.metrics, champions=learning)
+                              metrics=runtime.metrics, champions=learning, features=profile)
     lifecycle = CampaignLifecycle(lambda: CampaignUnitOfWork(runtime.database), content=risk)
     runtime.components["service"] = service
     runtime.components["lifecycle"] = lifecycle
     runtime.components["learning"] = learning
     launches = LaunchService(lambda: CampaignUnitOfWork(runtime.database), segments, batch_risk, champions=learning,
-                             partition_size=int(runtime.settings.extra.get(PARTITION_SIZE, DEFAULT_PARTITION_SIZE)))
+                             partition_size=int(runtime.settings.extra.get(PARTITION_SIZE, DEFAULT_PARTITION_SIZE)),
+                             features=profile, concurrency=int(runtime.settings.extra.get(
+                                 LAUNCH_CONCURRENCY, DEFAULT_LAUNCH_CONCURRENCY)))
     runtime.components["launches"] = launches
     # Responses, Thompson sampling in Decide and launches, the learning loop (response_handlers.py).
     wire_responses(server, runtime, service, launches, learning)
@@ -97,6 +101,9 @@ DEFAULT_LAUNCH_INTERVAL_SECONDS = 1.0
 # Members per launch partition: the unit replicas claim (and redo after a crash).
 PARTITION_SIZE = "CAMPAIGN_LAUNCH_PARTITION_SIZE"
 DEFAULT_PARTITION_SIZE = 5000
+# Partitions one replica selects side by side (one's scoring or calls overlap another's Python).
+LAUNCH_CONCURRENCY = "CAMPAIGN_LAUNCH_CONCURRENCY"
+DEFAULT_LAUNCH_CONCURRENCY = 2
 
 
 def _check_settings(settings: ServiceSettings) -> None:
@@ -116,6 +123,9 @@ def _check_settings(settings: ServiceSettings) -> None:
     raw = settings.extra.get(PARTITION_SIZE)
     if raw is not None and (not raw.isdigit() or not 1 <= int(raw) <= 10_000):
         raise ConfigError(f"{PARTITION_SIZE} must be a whole number from 1 to 10000, got {raw!r}")
+    raw = settings.extra.get(LAUNCH_CONCURRENCY)
+    if raw is not None and (not raw.isdigit() or not 1 <= int(raw) <= 8):
+        raise ConfigError(f"{LAUNCH_CONCURRENCY} must be a whole number from 1 to 8, got {raw!r}")
 
 
 DEFINITION = ServiceDefinition(
@@ -125,6 +135,6 @@ DEFINITION = ServiceDefinition(
     register=register,
     dependencies=("profile", "risk"),
     extra_settings=(*TRIGGER_SETTINGS, *RESPONSE_SETTINGS, *DELIVERY_SETTINGS, SCHEDULER_INTERVAL, LAUNCH_INTERVAL,
-                    PARTITION_SIZE),
+                    PARTITION_SIZE, LAUNCH_CONCURRENCY),
     validate_settings=_check_settings,
 )

@@ -6,17 +6,20 @@ They return the campaign's own domain objects, so the service layer never sees p
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import grpc
+import numpy as np
 from google.protobuf import timestamp_pb2
 
 from lodestar.common.v1 import common_pb2
 from lodestar.profile.v1 import (
     customer_pb2,
+    event_service_pb2,
+    event_service_pb2_grpc,
     profile_service_pb2,
     profile_service_pb2_grpc,
     segment_service_pb2,
@@ -47,11 +50,41 @@ def _snapshot(customer: customer_pb2.Customer) -> CustomerSnapshot:
     )
 
 
+# BatchGetFeatures: points per call (profile's limit) and calls in flight at once.
+FEATURE_POINTS_PER_CALL = 1000
+FEATURE_CALLS_IN_FLIGHT = 4
+
+
 class ProfileClient(ServiceClient):
-    service_names = ("lodestar.profile.v1.ProfileService",)
+    service_names = ("lodestar.profile.v1.ProfileService", "lodestar.profile.v1.EventService")
 
     def __init__(self, address: str, **kwargs: object) -> None:
         super().__init__("profile", address, profile_service_pb2_grpc.ProfileServiceStub, **kwargs)  # type: ignore[arg-type]
+        self.events = event_service_pb2_grpc.EventServiceStub(self.channel)
+
+    async def features_at(self, points: Sequence[tuple[str, datetime]], *, timeout: float | None = None
+                          ) -> list[dict[str, float] | None]:
+        """Profile's behaviour features of each (customer_id, as_of) point as of its own as_of — only events that
+        had occurred and been recorded by then (EventService.BatchGetFeatures) — in the points' order; None
+        where profile knew neither the customer nor an event of it at that time. Repeated points are asked
+        once; FEATURE_POINTS_PER_CALL a call, FEATURE_CALLS_IN_FLIGHT calls at once, each with its own deadline
+        (`timeout`, else the client's default; never beyond what remains of the request being served)."""
+        unique = list(dict.fromkeys(points))
+        found: dict[tuple[str, datetime], dict[str, float] | None] = {}
+        gate = asyncio.Semaphore(FEATURE_CALLS_IN_FLIGHT)
+
+        async def one(chunk: Sequence[tuple[str, datetime]]) -> None:
+            request = event_service_pb2.BatchGetFeaturesRequest()
+            for customer_id, as_of in chunk:
+                request.points.add(customer_id=customer_id).as_of.FromDatetime(as_of)
+            async with gate:
+                response = await self.call(self.events.BatchGetFeatures, request, timeout=timeout)
+            for key, result in zip(chunk, response.results, strict=True):
+                found[key] = dict(result.features) if result.found else None
+
+        await asyncio.gather(*(one(unique[i:i + FEATURE_POINTS_PER_CALL])
+                               for i in range(0, len(unique), FEATURE_POINTS_PER_CALL)))
+        return [found[p] for p in points]
 
     async def get_customer(self, customer_id: str) -> CustomerSnapshot:
         response = await self.call(
@@ -124,10 +157,10 @@ class RiskClient(ServiceClient):
         }
         return ScreenResult(verdicts=verdicts, policy_version=response.policy_version)
 
-    async def screen_batch(self, offers: Sequence[Offer], channel: int, contact_time: datetime,
-                           items: Sequence[BatchScreenItem]) -> dict[str, dict[str, str]]:
-        """ScreenBatch for a launch partition: customer id -> offer id -> verdict."""
-        return await screen_batches(self, offers, channel, contact_time, items)
+    async def screen_subjects(self, offers: Sequence[Offer], channel: int, contact_time: datetime,
+                              subjects: ScreeningSubjects) -> ScreenedBatch:
+        """ScreenBatch for a launch partition, verdicts and reason codes kept column by column."""
+        return await screen_subjects(self, offers, channel, contact_time, subjects)
 
     async def check_content(self, text: str, product_type: int) -> list[tuple[str, str, int, int]]:
         """Risk's content rules: (kind, rule_id, start, end) per violation."""
@@ -189,52 +222,135 @@ class SegmentClient(ServiceClient):
             call.cancel()
 
 
-@dataclass(frozen=True)
-class BatchScreenItem:
-    customer_id: str
-    facts: screening_pb2.CustomerFacts
+VERDICT_CODES = {"MISSING": 0, "ALLOW": 1, "DENY": 2, "HOLD": 3}
+_VERDICT_CODE_OF = {v: VERDICT_CODES.get(screening_pb2.Verdict.Name(v).removeprefix("VERDICT_"), 0)
+                    for v in screening_pb2.Verdict.values()}
 
 
-async def screen_batches(risk: RiskClient, offers: Sequence[Offer], channel: int, contact_time: datetime,
-                         items: Sequence[BatchScreenItem], *, chunk: int = 10_000,
-                         timeout: float = 120.0) -> dict[str, dict[str, str]]:
-    """Every item screened for every offer on one channel through ScreenBatch (one stream, up to 10,000 items per
-    message): customer id -> offer id -> "ALLOW" | "DENY" | "HOLD"."""
-    subjects = [screening_pb2.OfferSubject(offer_id=o.offer_id, product_type=o.product_type,  # type: ignore[arg-type]
-                                           risk_level=o.risk_level) for o in offers]  # type: ignore[arg-type]
+@dataclass
+class ScreeningSubjects:
+    """A launch partition's members as risk screens them, column by column (one entry per member). Only an age
+    leaves profile: risk gets a birth date half a year before that birthday (proxy_birth_date), so its age
+    checks (minors, AGE_UNKNOWN) see the right age and no birth date is ever exported."""
+
+    customer_ids: Sequence[str]
+    regions: Sequence[Any]
+    time_zones: Sequence[Any]
+    attributes: Mapping[str, Sequence[Any]]
+    ages: np.ndarray  # whole years at `age_on`, NaN where unknown
+    age_on: date
+
+    def __len__(self) -> int:
+        return len(self.customer_ids)
+
+    def column(self, name: str) -> Sequence[Any]:
+        return self.attributes.get(name) or [None] * len(self)
+
+    def facts(self) -> Iterator[screening_pb2.CustomerFacts]:
+        """CustomerFacts of every member, in order (for the ScreenBatch request)."""
+        tolerance, collections, vulnerable = (self.column(n) for n in ("risk_tolerance", "in_collections",
+                                                                      "vulnerable"))
+        for i in range(len(self)):
+            birth = proxy_birth_date(self.ages[i], self.age_on)
+            yield screening_pb2.CustomerFacts(
+                birth_date=birth.isoformat() if birth else "", time_zone=self.time_zones[i] or "",
+                region=self.regions[i] or "",
+                risk_tolerance=_TOLERANCE.get(tolerance_level(tolerance[i]) or 0,
+                                              common_pb2.RISK_TOLERANCE_UNSPECIFIED),
+                in_collections=collections[i] is True, vulnerable=vulnerable[i] is True)
+
+
+@dataclass
+class ScreenedBatch:
+    """Risk's answer for a partition on one channel: per member and offer a verdict code (VERDICT_CODES) and the
+    index of its reason codes in `reason_sets` (comma-joined; index 0 is no reason)."""
+
+    verdicts: np.ndarray  # members x offers, int8
+    reasons: np.ndarray  # members x offers, int32
+    reason_sets: list[str]
+    policy_version: str = ""
+
+    @classmethod
+    def from_verdicts(cls, customer_ids: Sequence[str], offers: Sequence[Offer],
+                      verdicts: dict[str, dict[str, tuple[str, Sequence[str]] | str]], policy_version: str = ""
+                      ) -> ScreenedBatch:
+        """From customer -> offer -> verdict name, or (verdict name, reason codes): what fakes answer."""
+        sets: dict[str, int] = {"": 0}
+        codes = np.zeros((len(customer_ids), len(offers)), dtype=np.int8)
+        reasons = np.zeros((len(customer_ids), len(offers)), dtype=np.int32)
+        for i, customer in enumerate(customer_ids):
+            got = verdicts.get(customer) or {}
+            for j, offer in enumerate(offers):
+                answer = got.get(offer.offer_id)
+                if answer is None:
+                    continue
+                verdict, why = (answer, ()) if isinstance(answer, str) else answer
+                codes[i, j] = VERDICT_CODES.get(verdict, 0)
+                reasons[i, j] = sets.setdefault(",".join(why), len(sets))
+        return cls(codes, reasons, list(sets), policy_version)
+
+
+def proxy_birth_date(age: float, on: date) -> date | None:
+    """A birth date for an exported whole-year age (None where unknown): `age` years and 182 days before `on`, so
+    that any day within about six months of `on` (a contact a little later, another time zone) gives the same
+    age. A stand-in for risk and the scorers, never stored."""
+    if not np.isfinite(age) or age < 0 or age > 150:
+        return None
+    years = int(age)
+    try:
+        anniversary = on.replace(year=on.year - years)
+    except ValueError:  # 29 February
+        anniversary = on.replace(year=on.year - years, day=28)
+    return anniversary - timedelta(days=182)
+
+
+async def screen_subjects(risk: RiskClient, offers: Sequence[Offer], channel: int, contact_time: datetime,
+                          subjects: ScreeningSubjects, *, chunk: int = 10_000, timeout: float = 120.0
+                          ) -> ScreenedBatch:
+    """Every member screened for every offer on one channel through ScreenBatch (one stream, up to 10,000 members
+    per message), the answer kept as arrays."""
+    n = len(subjects)
+    codes = np.zeros((n, len(offers)), dtype=np.int8)
+    reasons = np.zeros((n, len(offers)), dtype=np.int32)
+    sets: dict[tuple[int, ...], int] = {(): 0}
+    if not n:
+        return ScreenedBatch(codes, reasons, [""])
+    offer_index = {o.offer_id: j for j, o in enumerate(offers)}
+    row_of = {c: i for i, c in enumerate(subjects.customer_ids)}
+    subject_messages = [screening_pb2.OfferSubject(offer_id=o.offer_id, product_type=o.product_type,  # type: ignore[arg-type]
+                                                   risk_level=o.risk_level) for o in offers]  # type: ignore[arg-type]
     when = timestamp_pb2.Timestamp()
     when.FromDatetime(contact_time)
 
     def requests() -> Iterator[screening_pb2.ScreenBatchRequest]:
-        for start in range(0, len(items), chunk):
+        facts = subjects.facts()
+        for start in range(0, n, chunk):
             yield screening_pb2.ScreenBatchRequest(
-                batch_id=str(start // chunk), offers=subjects,
-                items=[screening_pb2.ScreenBatchItem(customer_id=i.customer_id, facts=i.facts,
+                batch_id=str(start // chunk), offers=subject_messages,
+                items=[screening_pb2.ScreenBatchItem(customer_id=subjects.customer_ids[i], facts=next(facts),
                                                      channel=channel, contact_time=when)  # type: ignore[arg-type]
-                       for i in items[start:start + chunk]])
+                       for i in range(start, min(start + chunk, n))])
 
-    out: dict[str, dict[str, str]] = {}
-    if not items:
-        return out
-    names = {v: screening_pb2.Verdict.Name(v).removeprefix("VERDICT_") for v in screening_pb2.Verdict.values()}
+    policy = ""
     call = risk.stub.ScreenBatch(requests(), timeout=call_timeout(timeout))
     try:
         async for response in call:
+            policy = response.policy_version or policy
             for result in response.results:
-                out[result.customer_id] = {v.offer_id: names.get(v.verdict, "UNSPECIFIED") for v in result.verdicts}
+                i = row_of.get(result.customer_id)
+                if i is None:
+                    continue
+                for verdict in result.verdicts:
+                    j = offer_index.get(verdict.offer_id)
+                    if j is None:
+                        continue
+                    codes[i, j] = _VERDICT_CODE_OF.get(verdict.verdict, 0)
+                    reasons[i, j] = sets.setdefault(tuple(verdict.reasons), len(sets))
     except grpc.aio.AioRpcError as error:
         raise translate_rpc_error(error, risk.dependency) from None
-    return out
-
-
-def customer_facts(region: str, time_zone: str, attributes: dict[str, Any]) -> screening_pb2.CustomerFacts:
-    """What risk needs of an exported member (the export carries no birth date: see docs/campaign.md)."""
-    level = tolerance_level(attributes.get("risk_tolerance"))
-    return screening_pb2.CustomerFacts(
-        time_zone=time_zone or "", region=region or "",
-        risk_tolerance=_TOLERANCE.get(level or 0, common_pb2.RISK_TOLERANCE_UNSPECIFIED),
-        in_collections=attributes.get("in_collections") is True,
-        vulnerable=attributes.get("vulnerable") is True)
+    names = [",".join(screening_pb2.ReasonCode.Name(r).removeprefix("REASON_CODE_") for r in key)  # type: ignore[arg-type]
+             for key in sets]
+    return ScreenedBatch(codes, reasons, names, policy)
 
 
 # --- delivery (dispatch.py): the customer's contact points and risk's contact reservations ---------------------

@@ -91,6 +91,24 @@ class CampaignDataSubject:
                                              LaunchPartitionRow.last_id >= customer_id)
             .order_by(LaunchPartitionRow.id)))
 
+    async def _assignments(self, uow: UnitOfWork, customer_id: str) -> list[tuple[str, int, PartitionResult]]:
+        """(launch, partition number, selection) of every partition that may hold the customer: its decision
+        records where written (their id range covers the customer), else an older launch's results blob."""
+        found: list[tuple[str, int, PartitionResult]] = []
+        for row in await uow.session.scalars(
+                select(BatchDecisionRow).where(BatchDecisionRow.number > batch_decisions.ALLOCATION_NUMBER,
+                                               BatchDecisionRow.first_id <= customer_id,
+                                               BatchDecisionRow.last_id >= customer_id)
+                .order_by(BatchDecisionRow.launch_id, BatchDecisionRow.number)):
+            found.append((row.launch_id, row.number, PartitionResult.from_decisions(batch_decisions.unpack(
+                row.records, snapshot=False))))
+        recorded = {(launch_id, number) for launch_id, number, _ in found}
+        for partition in await self._partitions(uow, customer_id):
+            if (partition.launch_id, partition.number) not in recorded:
+                found.append((partition.launch_id, partition.number,
+                              PartitionResult.from_blob(partition.results or b"")))
+        return found
+
     async def export(self, customer_id: str, counts_only: bool = False) -> pb.ExportCustomerDataResponse:
         sections = []
         async with self._uow() as uow:
@@ -99,13 +117,12 @@ class CampaignDataSubject:
                 if section is not None:
                     sections.append(section)
             assignments = []
-            for partition in await self._partitions(uow, customer_id):
-                result = PartitionResult.from_blob(partition.results or b"")
+            for launch_id, number, result in await self._assignments(uow, customer_id):
                 for member, group in zip(result.member_ids.tolist(), result.groups.tolist(), strict=True):
                     if str(member) == customer_id:
-                        assignments.append({"launch_id": partition.launch_id, "partition": partition.number,
+                        assignments.append({"launch_id": launch_id, "partition": number,
                                             "group": "control" if int(group) < 0 else f"arm {int(group)}",
-                                            "treated": str(member) in set(result.candidate_ids.tolist())})
+                                            "treated": int(group) >= 0})
             if assignments:
                 sections.append(pb.DataSection(name=ASSIGNMENTS, json_document="" if counts_only else canonical(
                     assignments), record_count=len(assignments)))

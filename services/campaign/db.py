@@ -185,9 +185,9 @@ class LaunchRow(Base):
 
 
 class LaunchPartitionRow(Base):
-    """A slice of a launch's audience (an id range and the export resume token before it). Its results — the
-    treated candidates with their value terms and every member's assignment, one compressed blob — are written
-    in the transaction that marks it DONE."""
+    """A slice of a launch's audience (an id range and the export resume token before it). Its results are its
+    decision records (BatchDecisionRow with the same number), written in the transaction that marks it DONE;
+    `results` holds them only for partitions selected before the records held everything (a compressed blob)."""
 
     __tablename__ = "campaign_launch_partitions"
     __table_args__ = (UniqueConstraint("launch_id", "number"),)
@@ -593,11 +593,11 @@ class TargetingJustificationRow(Base):
 
 
 class BatchDecisionRow(Base):
-    """The decision records of a batch launch, compactly (batch_decisions.py): one zlib-compressed JSON document
-    per partition (number >= 1: every member's candidates, verdicts with reason codes, probabilities, model
-    versions, feature snapshot and its hash, group and assignment probability), written in the transaction that
-    marks the partition DONE, and one for the allocation (number 0: each candidate's chosen option or the
-    constraint that cut it), written with the launch's DONE."""
+    """The decision records of a batch launch, compactly (batch_decisions.py): one columnar document per
+    partition (number >= 1: every member's verdicts with reason codes, probabilities, the offers' terms, model
+    versions, feature snapshot and its hash, group and assignment probability — also the partition's result, read
+    by the allocation), written in the transaction that marks the partition DONE, and one for the allocation
+    (number 0: each candidate's chosen option or the constraint that cut it), written with the launch's DONE."""
 
     __tablename__ = "campaign_batch_decisions"
 

@@ -372,6 +372,7 @@ def decision_record_to_proto(record: DecisionRecordView) -> decision_pb2.Decisio
         message.snapshot.attributes.update(record.snapshot.get("attributes") or {})
         if record.snapshot.get("age") is not None:
             message.snapshot.age = int(record.snapshot["age"])
+        message.snapshot.features.update({k: float(v) for k, v in (record.snapshot.get("features") or {}).items()})
     return message
 
 

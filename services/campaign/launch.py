@@ -10,36 +10,40 @@ through the database, never a coordinator:
   `SELECT ... FOR UPDATE SKIP LOCKED` then a conditional UPDATE, on SQLite the conditional UPDATE alone —
   export its members from its resume token, score every (customer, offer) in one vectorised pass per model,
   screen them with ScreenBatch per channel, assign each customer to control or an arm by
-  hash(campaign_id, customer_id), and commit the results (one compressed blob) in the transaction that marks
-  the partition DONE, conditional on still holding the claim: a partition is never counted twice. A failure
-  (profile or risk unavailable) releases the claim with a back-off and is shown as the launch's status.
-- allocate (one claimant): all candidates -> allocation.allocate() under budget, channel capacities and one
-  contact per customer -> outbox rows in chunks (ON CONFLICT DO NOTHING on the delivery key, so a crashed
-  allocation resumes without duplicates) -> DONE with the allocation report.
+  hash(campaign_id, customer_id), and commit its decision records — which are its results — in the
+  transaction that marks the partition DONE, conditional on still holding the claim: a partition is never
+  counted twice. Column by column throughout: nothing is built per member. A failure (profile or risk
+  unavailable) releases the claim with a back-off and is shown as the launch's status.
+- allocate (one claimant): all candidates, read back from the partitions' records -> allocation.allocate()
+  under budget, channel capacities and one contact per customer -> outbox rows in chunks, one executemany each
+  (ON CONFLICT DO NOTHING on the delivery key, so a crashed allocation resumes without duplicates) -> DONE with
+  the allocation report.
 """
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import io
 import logging
 import math
+import os
 import socket
 import uuid
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from lodestar.common.v1 import common_pb2
 from services.campaign import allocation, bandit, batch_decisions
-from services.campaign.clients import AudienceBatch, BatchScreenItem, customer_facts
+from services.campaign.clients import AudienceBatch, ScreenedBatch, ScreeningSubjects
 from services.campaign.db import (
     BatchDecisionRow,
     CampaignRow,
@@ -59,11 +63,12 @@ from services.campaign.domain import (
     Campaign,
     Offer,
 )
-from services.campaign.holdout import GlobalHoldout
-from services.campaign.modeling import Example, TrainedModel, build_frame
+from services.campaign.holdout import GlobalHoldout, positions
+from services.campaign.learning import FEATURE_FETCH_TIMEOUT_SECONDS, FeatureSource, features_as_of
+from services.campaign.modeling import FEATURE_PREFIX, TrainedModel, event_features, frame_from_columns
 from services.campaign.scoring import _BASE, _BORROWING, _INVESTMENT, _SAVINGS, HeuristicPropensityModel
 from services.campaign.service import HEURISTIC_ATTRIBUTES
-from services.platform.db import utcnow
+from services.platform.db import insert_columns, utcnow
 from services.platform.errors import Aborted, DomainError, FailedPrecondition, InvalidArgument, NotFound
 from services.platform.idempotency import Codec, IdempotencyKey, run_idempotent
 
@@ -79,7 +84,10 @@ PENDING = "PENDING"
 LAUNCH_ACTOR_REASON = "batch launch"
 # Attributes the heuristic scorer and risk's screening read; champion models add their own.
 BASE_ATTRIBUTES = ("income", "risk_tolerance", "in_collections", "vulnerable")
-OUTBOX_CHUNK = 5000
+OUTBOX_CHUNK = 20_000
+# Partitions at least this large are scored in a worker thread, with the cores shared among the partitions a
+# step selects side by side; smaller ones inline (a thread costs more than it saves).
+THREADED_SCORING_ROWS = 2000
 
 
 class AudienceSource(Protocol):
@@ -88,8 +96,8 @@ class AudienceSource(Protocol):
 
 
 class BatchScreener(Protocol):
-    async def screen_batch(self, offers: Sequence[Offer], channel: int, contact_time: datetime,
-                           items: Sequence[BatchScreenItem]) -> dict[str, dict[str, str]]: ...
+    async def screen_subjects(self, offers: Sequence[Offer], channel: int, contact_time: datetime,
+                              subjects: ScreeningSubjects) -> ScreenedBatch: ...
 
 
 class ChampionSource(Protocol):
@@ -131,8 +139,9 @@ class OutboxEntry:
 
 @dataclass
 class PartitionResult:
-    """What a partition stores: every member's group (-1 control, else the arm's index) and the treated
-    members' value terms per option (offer x channel)."""
+    """A partition's selection as the allocation reads it: every member's group (-1 control, else the arm's
+    index) and the treated members' value terms per option (offer x channel). Stored as the partition's decision
+    records (from_decisions); launches selected before those held everything stored it as a blob (from_blob)."""
 
     member_ids: np.ndarray
     groups: np.ndarray
@@ -142,7 +151,7 @@ class PartitionResult:
     counts: dict[str, int] = field(default_factory=dict)
     # Per member: the probability their group was picked with (bandit.py); absent in older blobs.
     arm_probabilities: np.ndarray | None = None
-    # The partition's decision records (batch_decisions.py), stored beside the results; not in the blob.
+    # The partition's decision records (batch_decisions.py), encoded: what complete_partition stores.
     decisions: bytes | None = None
 
     def to_blob(self) -> bytes:
@@ -156,11 +165,46 @@ class PartitionResult:
         return buffer.getvalue()
 
     @classmethod
+    def from_decisions(cls, doc: dict[str, Any]) -> PartitionResult:
+        """From the partition's decision records (batch_decisions.py), which hold everything the allocation
+        needs: the members, their groups and probabilities, risk's verdicts and the offers' terms as they were
+        when the partition was selected (so its values are the ones computed then)."""
+        ids = np.asarray(doc["ids"], dtype=str) if len(doc["ids"]) else np.zeros(0, dtype="U1")
+        n, offers, channels = len(ids), len(doc["offers"]), len(doc["channels"])
+        groups = np.asarray(doc["groups"], dtype=np.int16).reshape(n)
+        probabilities = np.asarray(doc["probability"], dtype=float).reshape(n, offers)  # v1: None -> NaN
+        verdicts = np.asarray(doc["verdicts"], dtype=np.int8).reshape(n, offers * channels)
+        reasons = np.asarray(doc["reasons"], dtype=np.int64).reshape(n, offers * channels)
+        allowed = batch_decisions.selectable_codes(verdicts, reasons, doc["reason_sets"])
+        terms = np.asarray(doc["terms"], dtype=float).reshape(offers, 2)
+        per_offer = probabilities * terms[:, 0] - terms[:, 1]
+        values = np.where(allowed, np.repeat(per_offer, channels, axis=1), np.nan)  # option = offer x channels + k
+        treated = groups >= 0
+        arm_probabilities = np.asarray(doc["group_probability"], dtype=float).reshape(n)
+        return cls(ids, groups, ids[treated], values[treated], probabilities[treated],
+                   arm_probabilities=arm_probabilities)
+
+    @classmethod
     def from_blob(cls, raw: bytes) -> PartitionResult:
         with np.load(io.BytesIO(raw), allow_pickle=False) as data:
             return cls(data["member_ids"], data["groups"], data["candidate_ids"], data["values"],
                        data["probabilities"], arm_probabilities=(
                            data["arm_probabilities"] if "arm_probabilities" in data.files else None))
+
+
+async def partition_results(session: AsyncSession, launch_id: str) -> list[tuple[int, PartitionResult]]:
+    """(number, selection) of every done partition of a launch, in order, from its decision records
+    (batch_decisions.py); partitions selected before the records held everything (the results blob of older
+    launches) from that blob."""
+    rows = (await session.execute(
+        select(LaunchPartitionRow.number, LaunchPartitionRow.results, BatchDecisionRow.records)
+        .outerjoin(BatchDecisionRow, and_(BatchDecisionRow.launch_id == LaunchPartitionRow.launch_id,
+                                          BatchDecisionRow.number == LaunchPartitionRow.number))
+        .where(LaunchPartitionRow.launch_id == launch_id, LaunchPartitionRow.state == DONE)
+        .order_by(LaunchPartitionRow.number))).all()
+    return [(number, PartitionResult.from_decisions(batch_decisions.unpack(records, snapshot=False))
+             if records is not None else PartitionResult.from_blob(blob))
+            for number, blob, records in rows if records is not None or blob is not None]
 
 
 def _name(campaign_id: str) -> str:
@@ -181,8 +225,7 @@ def assign(campaign_id: str, customer_ids: Sequence[str], control_share: float, 
     customer always lands in the same group of a campaign, on every replica and every retry."""
     if not len(customer_ids):
         return np.zeros(0, dtype=np.int16)
-    u = np.fromiter((int.from_bytes(hashlib.sha256(f"{campaign_id}:{c}".encode()).digest()[:8], "big")
-                     for c in customer_ids), dtype=np.float64, count=len(customer_ids)) / 2.0 ** 64
+    u = positions(customer_ids, campaign_id)
     bounds = np.cumsum([control_share, *arm_shares])
     index = np.searchsorted(bounds, u, side="right")
     groups = index.astype(np.int16) - 1
@@ -212,32 +255,12 @@ def heuristic_probabilities(offer: Offer, income: np.ndarray, tolerance: np.ndar
     return np.asarray(1.0 / (1.0 + np.exp(-logit)))
 
 
-def proxy_birth_dates(ages: np.ndarray | None, on: date, n: int) -> list[date | None]:
-    """A birth date per exported age (None where unknown): `age` years and 182 days before `on`, so that any
-    day within about six months of `on` (a contact a little later, another time zone) gives the same whole-year
-    age. Only an age leaves profile; this date is a stand-in for the scorers and risk, never stored."""
-    if ages is None:
-        return [None] * n
-    out: list[date | None] = []
-    for age in ages:
-        if not np.isfinite(age) or age < 0 or age > 150:
-            out.append(None)
-            continue
-        years = int(age)
-        try:
-            anniversary = on.replace(year=on.year - years)
-        except ValueError:  # 29 February
-            anniversary = on.replace(year=on.year - years, day=28)
-        out.append(anniversary - timedelta(days=182))
-    return out
-
-
 def _tolerance_levels(values: Sequence[Any]) -> np.ndarray:
-    out = np.full(len(values), np.nan)
-    for i, v in enumerate(values):
-        if isinstance(v, str) and len(v) == 2 and v[0] == "C" and v[1] in "12345":
-            out[i] = int(v[1])
-    return out
+    """The level 1-5 of risk tolerances "C1".."C5" (NaN for anything else), once per distinct value."""
+    codes, uniques = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=True)
+    levels = [int(v[1]) if isinstance(v, str) and len(v) == 2 and v[0] == "C" and v[1] in "12345" else np.nan
+              for v in uniques.tolist()]
+    return np.asarray([*levels, np.nan], dtype=float)[codes]
 
 
 def option_values(probabilities: np.ndarray, offers: Sequence[Offer], channels: Sequence[int],
@@ -259,7 +282,8 @@ class LaunchService:
     def __init__(self, uow_factory: Callable[[], CampaignUnitOfWork], audience: AudienceSource,
                  risk: BatchScreener, champions: ChampionSource | None = None, *, worker_id: str | None = None,
                  partition_size: int = 5000, lease_seconds: float = 120.0, retry_seconds: float = 5.0,
-                 clock: Callable[[], datetime] = utcnow, allocation_method: str = "auto") -> None:
+                 clock: Callable[[], datetime] = utcnow, allocation_method: str = "auto",
+                 features: FeatureSource | None = None, concurrency: int = 1) -> None:
         self.uow_factory = uow_factory
         self.audience = audience
         self.risk = risk
@@ -270,10 +294,17 @@ class LaunchService:
         self.retry = timedelta(seconds=retry_seconds)
         self.clock = clock
         self.allocation_method = allocation_method
+        # Profile's behaviour features, asked per partition as of the launch's as_of when a champion reads some.
+        self.features = features
+        # Partitions a step selects side by side (CAMPAIGN_LAUNCH_CONCURRENCY); LightGBM gets the cores shared.
+        self.concurrency = max(1, concurrency)
+        self.scoring_threads = max(1, (os.cpu_count() or 1) // self.concurrency)
         # The persistent global holdout (holdout.py); app.py sets the configured share.
         self.holdout = GlobalHoldout(0.0)
         # Thompson sampling of arms for campaigns that opted in (bandit.py); app.py sets it.
         self.arms: bandit.ThompsonArms | None = None
+        # Per launch being selected: its row, campaign and offers (see _context).
+        self._contexts: dict[str, tuple[LaunchRow, Campaign, list[Offer]]] = {}
 
     # --- use cases ------------------------------------------------------------------------------------------
 
@@ -453,6 +484,13 @@ class LaunchService:
     # --- phases ---------------------------------------------------------------------------------------------
 
     async def _context(self, launch_id: str) -> tuple[LaunchRow, Campaign, list[Offer]]:
+        """The launch, its campaign and offers. Once planned, what a partition reads of them no longer changes
+        (a campaign is edited only as a DRAFT; the launch's fields, as_of and contact time are set by the plan),
+        so they are kept per launch for the next partitions; the states that do change are read where they
+        matter (claims, the campaign state between outbox chunks)."""
+        cached = self._contexts.get(launch_id)
+        if cached is not None:
+            return cached
         async with self.uow_factory() as uow:
             launch = await uow.session.get(LaunchRow, launch_id)
             assert launch is not None
@@ -460,6 +498,10 @@ class LaunchService:
             campaign = await uow.campaigns.get(launch.campaign_id)
             assert campaign is not None
             offers = [o for o in [await uow.offers.get(i) for i in campaign.offer_ids] if o is not None]
+        if launch.state == SELECTING:
+            self._contexts[launch_id] = (launch, campaign, offers)
+            while len(self._contexts) > 16:
+                self._contexts.pop(next(iter(self._contexts)))
         return launch, campaign, offers
 
     async def _wanted_fields(self, offers: Sequence[Offer]) -> list[str]:
@@ -470,16 +512,29 @@ class LaunchService:
         # "age": whole years at as_of, computed by profile (the birth date itself is never exported).
         return ["region", "time_zone", "age", *(f"attr.{a}" for a in sorted(attributes))]
 
-    async def _model_of(self, offer: Offer) -> tuple[str, str, tuple[str, ...]]:
-        """(model version, basis, attributes read) of the offer's scorer in this launch, for decision records."""
+    async def _model_of(self, offer: Offer) -> tuple[str, str, tuple[str, ...], tuple[str, ...]]:
+        """(model version, basis, attributes read, behaviour features read) of the offer's scorer in this launch,
+        for scoring and decision records."""
         if self.champions is not None:
             uplift = await self.champions.champion(offer.offer_id, "uplift")
             found = uplift or await self.champions.champion(offer.offer_id, "propensity")
             if found is not None:
                 model, version = found
                 return version, "uplift" if uplift else "propensity", tuple(
-                    c.removeprefix("attr.") for c in model.spec.columns if c.startswith("attr."))
-        return HeuristicPropensityModel.version, "propensity", HEURISTIC_ATTRIBUTES
+                    c.removeprefix("attr.") for c in model.spec.columns if c.startswith("attr.")), tuple(
+                    event_features(model.spec))
+        return HeuristicPropensityModel.version, "propensity", HEURISTIC_ATTRIBUTES, ()
+
+    async def _behaviour(self, launch: LaunchRow, ids: Sequence[str], names: Sequence[str]
+                         ) -> dict[str, list[float | None]]:
+        """name -> one value per member (None where absent) of the behaviour features the champions read, as of
+        the launch's as_of (profile's BatchGetFeatures: the definitions training and Decide use). Asked per
+        partition rather than exported, because the plan's export would compute them a second time."""
+        if not names or not ids:
+            return {}
+        got = await features_as_of(self.features, [(c, launch.as_of) for c in ids],
+                                   timeout=FEATURE_FETCH_TIMEOUT_SECONDS)
+        return {name: [row.get(name) for row in got] for name in names}
 
     async def _champions(self, offer: Offer) -> list[tuple[TrainedModel, str]]:
         if self.champions is None:
@@ -538,9 +593,20 @@ class LaunchService:
         return True
 
     async def _select(self, launch_id: str) -> bool:
-        partition = await self._claim_partition(launch_id)
-        if partition is None:
+        """Claims up to `concurrency` partitions and selects them side by side: while one waits on profile, risk
+        or its scoring (LightGBM runs in a thread, without the GIL), another runs its Python."""
+        claimed: list[LaunchPartitionRow] = []
+        for _ in range(self.concurrency):
+            partition = await self._claim_partition(launch_id)
+            if partition is None:
+                break
+            claimed.append(partition)
+        if not claimed:
             return False
+        await asyncio.gather(*(self._select_claimed(launch_id, partition) for partition in claimed))
+        return True
+
+    async def _select_claimed(self, launch_id: str, partition: LaunchPartitionRow) -> None:
         try:
             launch, campaign, offers = await self._context(launch_id)
             result = await self.process_partition(launch, campaign, offers, partition)
@@ -551,9 +617,8 @@ class LaunchService:
                 log.exception("launches/%s partition %d failed", launch_id, partition.number)
                 message = f"partition {partition.number} failed unexpectedly; retrying"
             await self._release_partition(partition, message)
-            return True
+            return
         await self.complete_partition(partition, result)
-        return True
 
     async def _release_partition(self, partition: LaunchPartitionRow, message: str) -> None:
         now = self.clock()
@@ -579,7 +644,8 @@ class LaunchService:
                 update(LaunchPartitionRow).where(LaunchPartitionRow.id == partition.id,
                                                  LaunchPartitionRow.claimed_by == self.worker_id,
                                                  LaunchPartitionRow.state == PENDING)
-                .values(state=DONE, results=result.to_blob(), counts=result.counts, done_time=now,
+                .values(state=DONE, results=None if result.decisions is not None else result.to_blob(),
+                        counts=result.counts, done_time=now,
                         claimed_by=None, lease_until=None, last_error="")
                 .execution_options(synchronize_session=False))
             if marked.rowcount != 1:  # type: ignore[attr-defined]
@@ -602,21 +668,28 @@ class LaunchService:
             await uow.commit()
         return True
 
-    async def process_partition(self, launch: LaunchRow, campaign: Campaign, offers: Sequence[Offer],
-                                partition: LaunchPartitionRow) -> PartitionResult:
-        """Export, score, screen and assign one partition (no database writes)."""
+    async def _export_partition(self, launch: LaunchRow, campaign: Campaign, partition: LaunchPartitionRow
+                                ) -> tuple[list[str], dict[str, list[Any]]]:
+        """The partition's members (ids ascending, up to its last id) and their exported columns."""
         ids: list[str] = []
         columns: dict[str, list[Any]] = {f: [] for f in launch.fields}
         async for batch in self.audience.export_audience(campaign.segment, launch.fields,
                                                          batch_size=min(max(partition.size, 1), 10_000),
                                                          as_of=launch.as_of, resume_token=partition.resume_token):
-            keep = [i for i, c in enumerate(batch.customer_ids) if c <= partition.last_id]
-            ids.extend(batch.customer_ids[i] for i in keep)
+            keep = bisect_right(batch.customer_ids, partition.last_id)  # ascending ids: a prefix is ours
+            ids.extend(batch.customer_ids[:keep])
             for name in launch.fields:
-                column = batch.columns.get(name) or [None] * len(batch.customer_ids)
-                columns[name].extend(column[i] for i in keep)
-            if len(keep) < len(batch.customer_ids) or (ids and ids[-1] >= partition.last_id):
+                column = batch.columns.get(name)
+                columns[name].extend(column[:keep] if column is not None else [None] * keep)
+            if keep < len(batch.customer_ids) or (ids and ids[-1] >= partition.last_id):
                 break
+        return ids, columns
+
+    async def process_partition(self, launch: LaunchRow, campaign: Campaign, offers: Sequence[Offer],
+                                partition: LaunchPartitionRow) -> PartitionResult:
+        """Export, score, screen and assign one partition (no database writes), column by column: no object is
+        built per member, so the cost per member is a few array operations and its decision record's hash."""
+        ids, columns = await self._export_partition(launch, campaign, partition)
         n = len(ids)
         groups = assign(campaign.campaign_id, ids, campaign.control_share, [a.share for a in campaign.arms])
         groups, arm_probabilities = await self._arm_groups(campaign, ids, groups)  # bandit.py
@@ -625,22 +698,24 @@ class LaunchService:
         regions = columns.get("region") or [None] * n
         zones = columns.get("time_zone") or [None] * n
         ages = _numbers(columns.get("age") or [None] * n)
-        probabilities = await self._score(launch, offers, n, attrs, regions, ages)
-        details: dict[int, batch_decisions.Details] = {}
-        meta: dict[str, str] = {}
-        allowed = await self._screen(launch, offers, campaign.channels, ids, attrs, regions, zones, ages,
-                                     details=details, meta=meta)
+        versions = [await self._model_of(offer) for offer in offers]
+        behaviour = await self._behaviour(launch, ids, sorted({f for v in versions for f in v[3]}))
+        columns = {**columns, **{FEATURE_PREFIX + name: values for name, values in behaviour.items()}}
+        probabilities = await self._score(launch, offers, n, columns, attrs, regions, ages)
+        subjects = ScreeningSubjects(ids, regions, zones, attrs, ages, launch.contact_time.date())
+        screened = await self._screen(launch, offers, campaign.channels, subjects)
+        allowed = {channel: batch_decisions.selectable_mask(answer) for channel, answer in screened.items()}
         values = option_values(probabilities, offers, campaign.channels, allowed)
         treated = groups >= 0
         candidate = treated & np.any(np.nan_to_num(values, nan=0.0) > 0, axis=1)
-        id_array = np.asarray(ids, dtype=str)
-        versions = [await self._model_of(offer) for offer in offers]
+        id_array = np.asarray(ids, dtype=str) if n else np.zeros(0, dtype="U1")
         decisions = batch_decisions.encode_partition(
             launch_id=launch.launch_id, campaign_id=campaign.campaign_id, contact_time=launch.contact_time,
             offers=offers, channels=campaign.channels, ids=ids, groups=groups, group_probabilities=arm_probabilities,
-            probabilities=probabilities, versions=[(v, b) for v, b, _ in versions],
-            features=sorted({f for _, _, used in versions for f in used}), attrs=attrs, regions=regions, zones=zones,
-            ages=ages, details=details, policy_version=meta.get("policy_version", ""))
+            probabilities=probabilities, versions=[(v[0], v[1]) for v in versions],
+            features=sorted({f for v in versions for f in v[2]}), attrs=attrs, behaviour=behaviour, regions=regions,
+            zones=zones, ages=ages, screened=screened,
+            policy_version=next((a.policy_version for a in screened.values() if a.policy_version), ""))
         return PartitionResult(
             member_ids=id_array, groups=groups, candidate_ids=id_array[treated], values=values[treated],
             probabilities=probabilities[treated], arm_probabilities=arm_probabilities, decisions=decisions,
@@ -655,62 +730,42 @@ class LaunchService:
             return await self.arms.launch_groups(campaign, ids, groups)
         return groups, bandit.fixed_probabilities(campaign, groups)
 
-    async def _score(self, launch: LaunchRow, offers: Sequence[Offer], n: int, attrs: dict[str, list[Any]],
-                     regions: Sequence[Any], ages: np.ndarray | None = None) -> np.ndarray:
-        """customers x offers: each offer's champion (uplift, else propensity) in one pass over the partition,
-        else the heuristic, vectorised."""
+    async def _score(self, launch: LaunchRow, offers: Sequence[Offer], n: int, columns: dict[str, list[Any]],
+                     attrs: dict[str, list[Any]], regions: Sequence[Any], ages: np.ndarray) -> np.ndarray:
+        """customers x offers: each offer's champion (uplift, else propensity) over the partition's columns in
+        one pass (modeling.frame_from_columns), else the heuristic, vectorised."""
         out = np.zeros((n, len(offers)))
         if n == 0:
             return out
         income = _numbers(attrs.get("income", [None] * n))
         tolerance = _tolerance_levels(attrs.get("risk_tolerance", [None] * n))
-        examples: list[Example] | None = None
         for j, offer in enumerate(offers):
             champions = await self._champions(offer)
             if champions:
-                if examples is None:
-                    births = proxy_birth_dates(ages, launch.as_of.date(), n)
-                    examples = [Example({k: v[i] for k, v in attrs.items() if v[i] is not None}, births[i],
-                                        regions[i] or "", launch.as_of, {}) for i in range(n)]
                 model = champions[0][0]
-                out[:, j] = np.clip(model.score(build_frame(examples, model.spec)), 0.0, 1.0)
+                frame = frame_from_columns(model.spec, columns, n, ages=ages, regions=regions,
+                                           contact_time=launch.as_of)
+                if n >= THREADED_SCORING_ROWS:  # off the event loop: the other partitions go on meanwhile
+                    scores = await asyncio.to_thread(model.score, frame, threads=self.scoring_threads)
+                else:
+                    scores = model.score(frame)
+                out[:, j] = np.clip(scores, 0.0, 1.0)
             else:
                 out[:, j] = heuristic_probabilities(offer, income, tolerance, ages)
         return out
 
-    async def _screen(self, launch: LaunchRow, offers: Sequence[Offer], channels: Sequence[int], ids: Sequence[str],
-                      attrs: dict[str, list[Any]], regions: Sequence[Any], zones: Sequence[Any],
-                      ages: np.ndarray | None = None, *, details: dict[int, batch_decisions.Details] | None = None,
-                      meta: dict[str, str] | None = None) -> dict[int, np.ndarray]:
-        """channel -> customers x offers, True where risk said ALLOW, or HOLD for quiet hours only (the dispatcher
-        defers those to the customer's morning); fail closed: no verdict is no. Risk gets
-        the exported age as a birth date half a year before that birthday (proxy_birth_dates): its age checks
-        (minors, AGE_UNKNOWN) see the right age, and no birth date ever leaves profile."""
-        n = len(ids)
-        items = [BatchScreenItem(ids[i], customer_facts(regions[i] or "", zones[i] or "",
-                                                        {k: v[i] for k, v in attrs.items()})) for i in range(n)]
-        for item, birth in zip(items, proxy_birth_dates(ages, launch.contact_time.date(), n), strict=True):
-            if birth is not None:
-                item.facts.birth_date = birth.isoformat()
-        out: dict[int, np.ndarray] = {}
+    async def _screen(self, launch: LaunchRow, offers: Sequence[Offer], channels: Sequence[int],
+                      subjects: ScreeningSubjects) -> dict[int, ScreenedBatch]:
+        """Risk's verdicts and reason codes per channel (ScreenBatch), as arrays. Which of them a selection may
+        use is batch_decisions.selectable_mask: ALLOW, or HOLD for quiet hours only (the dispatcher defers those
+        to the customer's morning); no verdict is no."""
+        out: dict[int, ScreenedBatch] = {}
         for channel in channels:
-            if hasattr(self.risk, "stub"):  # the real client: ScreenBatch with the reason codes kept
-                detail, policy = (await batch_decisions.screen_detailed(self.risk, offers, channel, launch.contact_time,
-                                                                        items) if n else ({}, ""))
-                if meta is not None and policy:
-                    meta["policy_version"] = policy
+            if len(subjects):
+                out[channel] = await self.risk.screen_subjects(offers, channel, launch.contact_time, subjects)
             else:
-                verdicts = await self.risk.screen_batch(offers, channel, launch.contact_time, items) if n else {}
-                detail = {c: {o: (v, ()) for o, v in d.items()} for c, d in verdicts.items()}
-            if details is not None:
-                details[channel] = detail
-            allowed = np.zeros((n, len(offers)), dtype=bool)
-            for i, customer_id in enumerate(ids):
-                got = detail.get(customer_id) or {}
-                for j, offer in enumerate(offers):
-                    verdict, reasons = got.get(offer.offer_id, ("MISSING", ()))
-                    allowed[i, j] = batch_decisions.selectable(verdict, reasons)  # quiet hours: the dispatcher defers
-            out[channel] = allowed
+                out[channel] = ScreenedBatch(np.zeros((0, len(offers)), dtype=np.int8),
+                                             np.zeros((0, len(offers)), dtype=np.int32), [""])
         return out
 
     async def _allocate(self, launch_id: str) -> bool:
@@ -730,38 +785,42 @@ class LaunchService:
     async def _allocate_claimed(self, launch_id: str) -> None:
         _launch, campaign, offers = await self._context(launch_id)
         async with self.uow_factory() as uow:
-            blobs = list(await uow.session.scalars(
-                select(LaunchPartitionRow.results).where(LaunchPartitionRow.launch_id == launch_id,
-                                                         LaunchPartitionRow.state == DONE)
-                .order_by(LaunchPartitionRow.number)))
-        parts = [PartitionResult.from_blob(b) for b in blobs if b is not None]
+            numbered = await partition_results(uow.session, launch_id)
+        parts = [part for _, part in numbered]
+        numbers = [(number, len(part.candidate_ids)) for number, part in numbered]
         channels = list(campaign.channels)
         width = len(offers) * len(channels)
         ids = np.concatenate([p.candidate_ids for p in parts]) if parts else np.zeros(0, dtype=str)
         values = np.vstack([p.values for p in parts]) if parts else np.zeros((0, width))
         probabilities = np.vstack([p.probabilities for p in parts]) if parts else np.zeros((0, len(offers)))
-        groups = {str(c): int(g) for p in parts for c, g in zip(p.member_ids, p.groups, strict=True) if g >= 0}
-        option_offer = [j for j in range(len(offers)) for _ in channels]
-        option_channel = [c for _ in offers for c in channels]
-        costs = np.tile(np.array([offers[j].contact_cost for j in option_offer], dtype=float), (len(ids), 1))
+        # A partition's candidates are its treated members (group >= 0), in member order.
+        groups = (np.concatenate([p.groups[p.groups >= 0] for p in parts]) if parts
+                  else np.zeros(0, dtype=np.int16))
+        option_offer = np.array([j for j in range(len(offers)) for _ in channels], dtype=np.int64)
+        option_channel = np.array([c for _ in offers for c in channels], dtype=np.int64)
+        costs = np.broadcast_to(np.array([offers[j].contact_cost for j in option_offer], dtype=float),
+                                (len(ids), width))
         conversions = probabilities[:, option_offer] if len(ids) else np.zeros((0, width))
         capacity = {channel_name(c): n for c, n in campaign.capacities.items() if c in channels}
         budget = campaign.budget if campaign.budget > 0 else None
-        result = allocation.allocate(values, costs, [channel_name(c) for c in option_channel], budget=budget,
+        result = allocation.allocate(values, costs, [channel_name(int(c)) for c in option_channel], budget=budget,
                                      capacity=capacity, per_customer_cap=1, conversions=conversions,
                                      method=self.allocation_method)
-        arms = [a.arm_id for a in campaign.arms]
-        chosen = np.nonzero(result.assignment >= 0)[0]
-        rows = [{
-            "delivery_key": f"{launch_id}:{ids[i]}", "launch_id": launch_id, "customer_id": str(ids[i]),
-            "offer_id": offers[option_offer[int(result.assignment[i])]].offer_id,
-            "channel": option_channel[int(result.assignment[i])], "arm_id": arms[groups[str(ids[i])]],
-            "expected_value": float(values[i, result.assignment[i]]),
-            "probability": float(probabilities[i, option_offer[int(result.assignment[i])]]),
-            "state": PENDING, "create_time": self.clock(),
-        } for i in chosen]
+        chosen = np.flatnonzero(result.assignment >= 0)
+        option = result.assignment[chosen]
+        offer_index = option_offer[option]
+        chosen_ids = ids[chosen].tolist()
+        outbox: dict[str, list[Any]] = {
+            "delivery_key": [f"{launch_id}:{c}" for c in chosen_ids], "customer_id": chosen_ids,
+            "offer_id": np.array([o.offer_id for o in offers], dtype=object)[offer_index].tolist(),
+            "channel": option_channel[option].tolist(),
+            "arm_id": np.array([a.arm_id for a in campaign.arms], dtype=object)[groups[chosen]].tolist(),
+            "expected_value": values[chosen, option].tolist(),
+            "probability": probabilities[chosen, offer_index].tolist(),
+        }
+        now = self.clock()
         stopped: str | None = None
-        for start in range(0, len(rows), OUTBOX_CHUNK):
+        for start in range(0, len(chosen), OUTBOX_CHUNK):
             if not await self._renew_launch(launch_id):
                 return  # the lease was lost: the new holder writes (duplicates are impossible by the key)
             async with self.uow_factory() as uow:
@@ -770,10 +829,10 @@ class LaunchService:
                 if campaign_state != RUNNING:
                     stopped = campaign_state
                     break
-                dialect = uow.session.bind.dialect.name
-                insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-                await uow.session.execute(insert(OutboxRow).values(rows[start:start + OUTBOX_CHUNK])
-                                          .on_conflict_do_nothing(index_elements=["delivery_key"]))
+                await insert_columns(uow.session, OutboxRow.__table__,  # type: ignore[arg-type]
+                                     {k: v[start:start + OUTBOX_CHUNK] for k, v in outbox.items()},
+                                     constants={"launch_id": launch_id, "state": PENDING, "create_time": now},
+                                     ignore_conflicts_on=("delivery_key",))
                 await uow.commit()
         if stopped is not None:
             if stopped in TERMINAL_STATES:
@@ -787,8 +846,8 @@ class LaunchService:
             "contacts_by_channel": result.contacts_by_channel, "binding": result.binding,
             "constraint_costs": [{"constraint": c.constraint, "step": c.step, "value_gain": c.value_gain,
                                   "conversions_gain": c.conversions_gain} for c in result.constraint_costs],
-            "cut_by": dict(cut), "expected_conversions": float(sum(r["probability"] for r in rows)),  # type: ignore[misc]
-            "outbox_messages": len(rows),
+            "cut_by": dict(cut), "expected_conversions": float(sum(outbox["probability"])),
+            "outbox_messages": len(chosen),
         }
         now = self.clock()
         async with self.uow_factory() as uow:
@@ -801,10 +860,9 @@ class LaunchService:
                 # Each candidate's allocated option or the constraint that cut it (batch_decisions.py).
                 await uow.session.merge(BatchDecisionRow(
                     launch_id=launch_id, number=batch_decisions.ALLOCATION_NUMBER, first_id="", last_id="",
-                    records=batch_decisions.encode_allocation([str(i) for i in ids], result.assignment,
-                                                              list(result.cut_by))))
+                    records=batch_decisions.encode_allocation(numbers, result.assignment, result.cut_by)))
             await uow.commit()
-        log.info("launches/%s done: %d outbox messages, objective %.2f (%s)", launch_id, len(rows),
+        log.info("launches/%s done: %d outbox messages, objective %.2f (%s)", launch_id, len(chosen),
                  result.objective, result.method)
 
 

@@ -1,8 +1,10 @@
 """The learning loop's use cases: import campaign history, train model versions, promote a champion, score.
 
 Owns its transactions; imports no grpc. Training is CPU-bound and runs in a worker thread so the server keeps
-answering. Customer facts come from the profile service (its current attributes; see modeling.py on
-point-in-time limits).
+answering. Customer facts come from the profile service: its current attributes (see modeling.py on
+point-in-time limits) and its behaviour features as of each history row's contact time (EventService.
+BatchGetFeatures: only events that had occurred and been recorded by then, so nothing after the contact leaks into
+the row). Scoring asks for the same features as of the scoring time, and only when the model reads any.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sqlalchemy import func, literal, select, tuple_, update
@@ -26,6 +28,8 @@ from services.platform.errors import FailedPrecondition, NotFound
 from services.platform.idempotency import Codec, IdempotencyKey, run_idempotent
 
 CHAMPION_CACHE_SECONDS = 30.0
+# Deadline of each BatchGetFeatures call (1000 points) when training and scoring in bulk.
+FEATURE_FETCH_TIMEOUT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,24 @@ class CustomerDirectory(Protocol):
     async def get_customers(self, customer_ids: Sequence[str]) -> dict[str, CustomerSnapshot]: ...
 
 
+class FeatureSource(Protocol):
+    """Profile's behaviour features, point in time (clients.ProfileClient.features_at)."""
+
+    async def features_at(self, points: Sequence[tuple[str, datetime]], *, timeout: float | None = None
+                          ) -> list[dict[str, float] | None]: ...
+
+
+async def features_as_of(source: FeatureSource | None, points: Sequence[tuple[str, datetime]], *,
+                         timeout: float | None = None) -> list[dict[str, float]]:
+    """The features of each (customer, time) point ({} where profile knew nothing of the customer then, or without
+    a source). A time after now is asked as of now: nothing later can be known yet."""
+    if source is None or not points:
+        return [{} for _ in points]
+    now = datetime.now(UTC)
+    got = await source.features_at([(c, min(when, now)) for c, when in points], timeout=timeout)
+    return [features or {} for features in got]
+
+
 def model_id_for(kind: str, offer_id: str) -> str:
     return f"{kind}-{offer_id}"
 
@@ -102,9 +124,12 @@ IMPORT_CODEC = Codec(encode=lambda o: json.dumps([o.imported, o.duplicates]).enc
 
 
 class LearningService:
-    def __init__(self, uow_factory: Callable[[], CampaignUnitOfWork], customers: CustomerDirectory) -> None:
+    def __init__(self, uow_factory: Callable[[], CampaignUnitOfWork], customers: CustomerDirectory,
+                 features: FeatureSource | None = None) -> None:
         self.uow_factory = uow_factory
         self.customers = customers
+        # Behaviour features joined into training rows as of their contact time (None: attributes only).
+        self.features = features
         self._champions: dict[str, tuple[float, modeling.TrainedModel | None, str]] = {}
 
     # --- history ------------------------------------------------------------------------------------------
@@ -142,12 +167,16 @@ class LearningService:
             raise FailedPrecondition("NO_HISTORY", f"no campaign history for offer {offer_id}; import it first",
                                      metadata={"offer_id": offer_id})
         facts = await self.customers.get_customers(sorted({h[0] for h in history}))
-        examples = [
-            modeling.Example(attributes=c.attributes, birth_date=c.birth_date, region=c.region, contact_time=when,
-                             context=context, treated=treated, converted=converted)
-            for customer_id, when, context, treated, converted in history
-            if (c := facts.get(customer_id)) is not None
-        ]
+        known = [h for h in history if h[0] in facts]
+        # The point-in-time join: each row's features as of its own contact time (modeling.py).
+        features = await features_as_of(self.features, [(h[0], h[1]) for h in known],
+                                        timeout=FEATURE_FETCH_TIMEOUT_SECONDS)
+        examples = []
+        for (customer_id, when, context, treated, converted), row_features in zip(known, features, strict=True):
+            c = facts[customer_id]
+            examples.append(modeling.Example(
+                attributes=c.attributes, birth_date=c.birth_date, region=c.region, contact_time=when,
+                context=context, treated=treated, converted=converted, features=row_features))
         try:
             trained = await asyncio.to_thread(modeling.train, examples, kind, folds)
         except modeling.TrainingError as error:
@@ -214,8 +243,14 @@ class LearningService:
         facts = await self.customers.get_customers(customer_ids)
         now = datetime.now().astimezone()
         known = [cid for cid in customer_ids if cid in facts]
+        # The features the model was trained on, same definitions, as of now (none asked when it reads none).
+        features = (await features_as_of(self.features, [(c, now) for c in known],
+                                         timeout=FEATURE_FETCH_TIMEOUT_SECONDS)
+                    if modeling.event_features(trained.spec) else [{} for _ in known])
         frame = modeling.build_frame([modeling.Example(facts[c].attributes, facts[c].birth_date, facts[c].region,
-                                                       now, {}) for c in known], trained.spec)
+                                                       now, {}, features=f) for c, f in zip(known, features,
+                                                                                            strict=True)],
+                                     trained.spec)
         scores = (await asyncio.to_thread(trained.score, frame)).tolist() if known else []
         return info, list(zip(known, (float(s) for s in scores), strict=True))
 

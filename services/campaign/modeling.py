@@ -7,8 +7,13 @@ stored in the database, audited and loaded safely.
 
 Features of one (customer, contact): every customer attribute (numbers and booleans as numbers, text as
 categories), age at the contact time (from birth_date), region, the contact's calendar (month, day of month,
-weekday) and the contact-time `context` facts imported with the history. Attributes are the profile's current
-values: they are point-in-time only as far as the bank's attributes do not change after the contact.
+weekday), the contact-time `context` facts imported with the history, and the customer's behaviour features
+(`feature.<name>`, profile's docs/features.md) as of the contact time: computed by profile from the events that had
+occurred and been recorded by then (EventService.BatchGetFeatures), so a later event never leaks into a training
+row. Attributes are the profile's current values: they are point-in-time only as far as the bank's attributes do
+not change after the contact (features derived from attributes — products from `products_held`, tenure from
+`customer_since` — share that limit). A feature column absent for every training row, or equal on every row (a
+history without events), is left out of the spec: scoring then never asks profile for it.
 
 Propensity: P(converted | treated), LightGBM on treated rows. Uplift: the two-model method — one model on
 treated rows, one on control rows, uplift = difference — trained only from randomised history.
@@ -18,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -38,6 +43,8 @@ PARAMS: dict[str, Any] = {
 }
 ROUNDS = 300
 MAX_CATEGORIES = 200
+# Spec columns named "feature.<name>" are profile's behaviour features, fetched as of the contact/decision time.
+FEATURE_PREFIX = "feature."
 
 
 class TrainingError(ValueError):
@@ -55,6 +62,8 @@ class Example:
     context: dict[str, str]
     treated: bool = True
     converted: bool = False
+    # Behaviour features as of contact_time (profile's BatchGetFeatures): name -> value, absent when not present.
+    features: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -88,7 +97,14 @@ def _raw_features(example: Example) -> dict[str, Any]:
     row["contact.weekday"] = str(when.weekday())
     for name, value in example.context.items():
         row[f"context.{name}"] = value
+    for name, value in example.features.items():
+        row[f"{FEATURE_PREFIX}{name}"] = value
     return row
+
+
+def event_features(spec: FeatureSpec) -> list[str]:
+    """The profile features (names without the prefix) a model reads; empty when it needs none."""
+    return [c.removeprefix(FEATURE_PREFIX) for c in spec.columns if c.startswith(FEATURE_PREFIX)]
 
 
 def _as_number(value: Any) -> float | None:
@@ -114,6 +130,8 @@ def infer_spec(examples: Sequence[Example]) -> FeatureSpec:
         values = [row.get(name) for row in raw if row.get(name) not in (None, "")]
         if not values:
             continue
+        if name.startswith(FEATURE_PREFIX) and len(values) == len(raw) and len(set(values)) == 1:
+            continue  # a feature present and equal on every row (no events at all: zeros) tells nothing
         if name not in ("contact.month", "contact.weekday") and all(_as_number(v) is not None for v in values):
             spec.numeric.append(name)
         else:
@@ -128,7 +146,8 @@ def build_frame(examples: Iterable[Example], spec: FeatureSpec) -> pd.DataFrame:
     for name in spec.numeric:
         data[name] = np.array([_as_number(row.get(name)) for row in raw], dtype=float)
     for name, levels in spec.categorical.items():
-        values = [None if row.get(name) in (None, "") else str(row.get(name)) for row in raw]
+        known = set(levels)  # a category unseen in training is missing (pandas would refuse it in a future version)
+        values = [None if (v := row.get(name)) in (None, "") or str(v) not in known else str(v) for row in raw]
         data[name] = pd.Categorical(values, categories=levels)
     return pd.DataFrame(data, columns=spec.columns)
 
@@ -153,10 +172,13 @@ class TrainedModel:
     boosters: dict[str, lgb.Booster]  # "treated" (and "control" for uplift)
     metrics: Metrics
 
-    def score(self, frame: pd.DataFrame) -> np.ndarray:
-        treated = np.asarray(self.boosters["treated"].predict(frame[self.spec.columns]))
+    def score(self, frame: pd.DataFrame, *, threads: int = 1) -> np.ndarray:
+        """P(convert) per row (propensity) or the uplift; `threads` > 1 for large batches (a launch partition):
+        rows are scored independently, so the numbers do not depend on it."""
+        columns = frame[self.spec.columns]
+        treated = np.asarray(self.boosters["treated"].predict(columns, num_threads=threads))
         if self.kind == "uplift":
-            return treated - np.asarray(self.boosters["control"].predict(frame[self.spec.columns]))
+            return treated - np.asarray(self.boosters["control"].predict(columns, num_threads=threads))
         return treated
 
     def to_artifact(self) -> bytes:
@@ -267,3 +289,55 @@ def metrics_to_json(metrics: Metrics) -> dict[str, Any]:
 
 def metrics_from_json(data: dict[str, Any]) -> Metrics:
     return Metrics(**{**data, "calibration": [tuple(c) for c in data["calibration"]]})
+
+
+def _numeric_column(values: Sequence[Any]) -> np.ndarray:
+    """_as_number of every value, vectorised where the column holds numbers, booleans and None only."""
+    items = list(values)
+    if {type(v) for v in items} <= {float, int, bool, type(None)}:
+        return np.array(items, dtype=float)  # None -> NaN, True -> 1.0, as _as_number
+    return np.array([np.nan if (x := _as_number(v)) is None else x for v in items], dtype=float)
+
+
+def _categorical_column(values: Sequence[Any], levels: list[str]) -> pd.Categorical:
+    """build_frame's categorical value of every value: None for None and "", else its text."""
+    items = list(values)
+    if len({type(v) for v in items} - {type(None)}) <= 1:  # one kind: equal values have equal texts
+        codes, uniques = pd.factorize(np.asarray(items, dtype=object), use_na_sentinel=True)
+        known = set(levels)
+        texts = np.array([*(str(u) if str(u) in known and u != "" else None for u in uniques.tolist()), None],
+                         dtype=object)
+        if int((codes < 0).sum()) == sum(1 for v in items if v is None):  # no NaN taken for None
+            return pd.Categorical(texts[codes], categories=levels)
+    return pd.Categorical([None if v in (None, "") or str(v) not in levels else str(v) for v in items],
+                          categories=levels)
+
+
+def frame_from_columns(spec: FeatureSpec, columns: Mapping[str, Sequence[Any]], n: int, *, ages: np.ndarray,
+                       regions: Sequence[Any], contact_time: datetime) -> pd.DataFrame:
+    """build_frame for a batch of customers given column by column (a launch partition: the audience export's
+    columns by field name, ages in whole years at `contact_time`, NaN where unknown), without an Example per
+    customer: the same frame, value for value, as build_frame of the corresponding Examples with no context."""
+    def source(name: str) -> Sequence[Any] | None:
+        if name in columns:
+            return columns[name]
+        if name == "age":
+            known = np.isfinite(ages) & (ages >= 0) & (ages <= 150)
+            return list(np.where(known, np.floor(np.where(known, ages, 0)), np.nan))
+        if name == "region":
+            return [r or None for r in regions]
+        calendar = {"contact.month": str(contact_time.month), "contact.day": contact_time.day,
+                    "contact.weekday": str(contact_time.weekday())}
+        if name in calendar:
+            return [calendar[name]] * n
+        return None
+
+    data: dict[str, Any] = {}
+    for name in spec.numeric:
+        values = source(name)
+        data[name] = np.full(n, np.nan) if values is None else _numeric_column(values)
+    for name, levels in spec.categorical.items():
+        values = source(name)
+        data[name] = pd.Categorical([None] * n if values is None else _categorical_column(values, levels),
+                                    categories=levels)
+    return pd.DataFrame(data, columns=spec.columns)

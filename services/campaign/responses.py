@@ -39,7 +39,6 @@ from services.campaign.db import (
     CampaignRow,
     CampaignUnitOfWork,
     DecisionRow,
-    LaunchPartitionRow,
     LaunchRow,
     OutboxRow,
     ResponseRow,
@@ -187,13 +186,9 @@ async def launch_members(uow: CampaignUnitOfWork, launch_id: str, *, done: bool 
     if cached is not None:
         _MEMBERS_CACHE.move_to_end(launch_id)
         return cached
-    from services.campaign.launch import PartitionResult  # launch imports this module's bandit hook
+    from services.campaign.launch import partition_results  # launch imports this module's bandit hook
 
-    blobs = list(await uow.session.scalars(
-        select(LaunchPartitionRow.results).where(LaunchPartitionRow.launch_id == launch_id,
-                                                 LaunchPartitionRow.state == _DONE)
-        .order_by(LaunchPartitionRow.number)))
-    parts = [PartitionResult.from_blob(b) for b in blobs if b is not None]
+    parts = [part for _, part in await partition_results(uow.session, launch_id)]
     if parts:
         ids = np.concatenate([p.member_ids for p in parts])
         groups = np.concatenate([p.groups for p in parts]).astype(np.int16)

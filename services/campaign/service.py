@@ -9,11 +9,13 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Protocol
 
+import numpy as np
+import pandas as pd
 from opentelemetry import trace
 from sqlalchemy import select
 
@@ -37,6 +39,7 @@ from services.campaign.domain import (
 )
 from services.campaign.holdout import REASON as HOLDOUT_REASON
 from services.campaign.holdout import GlobalHoldout
+from services.campaign.learning import FeatureSource, features_as_of
 from services.campaign.modeling import Example, TrainedModel, build_frame
 from services.campaign.scoring import HeuristicPropensityModel, age_at
 from services.platform.errors import AlreadyExists, NotFound
@@ -88,6 +91,9 @@ class OfferScore:
     basis: str  # "uplift" | "propensity"
     # The customer attributes the model read (stored in the decision's feature snapshot).
     features: tuple[str, ...] = ()
+    # The profile behaviour features the model read that the customer had at the decision time, with their
+    # values (stored in the snapshot too: re-evaluation must not recompute them from a profile that moved on).
+    feature_values: tuple[tuple[str, float], ...] = ()
 
 
 # The customer attributes the heuristic reads (scoring.py).
@@ -138,18 +144,89 @@ def feature_snapshot(customer: CustomerSnapshot, decision_time: datetime,
                      scores: dict[str, OfferScore]) -> dict[str, Any]:
     """What re-evaluating a decision needs of the customer: the attributes the scoring read, region, time zone,
     and the age at the decision time — not the birth date (personal data stays in profile) — plus the decision
-    time exactly as requested (its offset decides the calendar date the scorers see)."""
+    time exactly as requested (its offset decides the calendar date the scorers see); and, when a model read
+    profile's behaviour features, their values at the decision time ("features"; absent otherwise)."""
     used = sorted({name for score in scores.values() for name in score.features})
-    return {
+    snapshot: dict[str, Any] = {
         "attributes": {name: customer.attributes[name] for name in used if name in customer.attributes},
         "region": customer.region, "time_zone": customer.time_zone,
         "age": age_at(customer.birth_date, decision_time.date()), "decision_time": decision_time.isoformat(),
     }
+    features = dict(sorted({pair for score in scores.values() for pair in score.feature_values}))
+    if features:
+        snapshot["features"] = features
+    return snapshot
 
 
 def snapshot_hash(snapshot: dict[str, Any]) -> str:
     """sha256 of the snapshot's canonical JSON (sorted keys, no spaces)."""
     return hashlib.sha256(json.dumps(snapshot, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _nones(column: np.ndarray) -> np.ndarray:
+    """True where an object array holds None (NaN is a value)."""
+    return np.asarray(np.equal(column, np.array([None], dtype=object)), dtype=bool)
+
+
+def _json_texts(values: Sequence[Any]) -> np.ndarray:
+    """json.dumps of every value as an object array (None stays None), computed once per distinct value where
+    that is exact: a column of one type (floats without NaN or infinities)."""
+    column = np.asarray(values, dtype=object) if not isinstance(values, np.ndarray) else values.astype(object)
+    kind = pd.api.types.infer_dtype(column, skipna=True)
+    if kind == "floating":
+        numbers = column.astype(float)  # None -> NaN
+        present = ~_nones(column)
+        if bool(np.isfinite(numbers[present]).all()):
+            out = np.full(len(column), None, dtype=object)
+            out[present] = list(map(float.__repr__, numbers[present].tolist()))  # json's float text
+            return out
+    elif kind in ("string", "integer", "boolean", "empty"):
+        codes, uniques = pd.factorize(column, use_na_sentinel=True)
+        texts = np.array([*(json.dumps(u) for u in uniques.tolist()), None], dtype=object)
+        if int((codes < 0).sum()) == int(_nones(column).sum()):  # no NaN taken for None
+            return np.asarray(texts[codes], dtype=object)
+    return np.array([None if v is None else json.dumps(v) for v in column.tolist()] or [], dtype=object)
+
+
+def _json_members(columns: Mapping[str, Sequence[Any]], n: int) -> list[str]:
+    """Per row, the members `"name":value` of the object {name: columns[name][i] where not None}, in sorted
+    name order and comma-separated (the text between the braces of its canonical JSON)."""
+    inner = np.full(n, "", dtype=object)
+    for name in sorted(columns):
+        texts = _json_texts(columns[name])
+        present = ~_nones(texts)
+        part = np.full(n, "", dtype=object)
+        part[present] = "," + json.dumps(name) + ":" + texts[present]
+        inner = inner + part
+    return [text[1:] for text in inner.tolist()]
+
+
+def snapshot_hashes(attributes: Mapping[str, Sequence[Any]], regions: Sequence[str], time_zones: Sequence[str],
+                    ages: Sequence[int], decision_time: str,
+                    features: Mapping[str, Sequence[float | None]] | None = None) -> list[bytes]:
+    """snapshot_hash of every row of a columnar snapshot batch (a launch partition), as raw sha256 digests:
+    row i is {"attributes": {name: attributes[name][i] where not None}, "region": regions[i],
+    "time_zone": time_zones[i], "age": ages[i] (negative: None), "decision_time": decision_time} and, when the
+    row has any, "features": {name: features[name][i] where not None} (as feature_snapshot). The canonical
+    JSON is assembled column by column from per-value texts instead of json.dumps per row (a property test
+    checks it is byte for byte the same)."""
+    n = len(regions)
+    inner = _json_members(attributes, n)
+    behaviour = [f',"features":{{{text}}}' if text else "" for text in _json_members(features, n)] if features \
+        else [""] * n
+    region_texts = _json_texts([r or "" for r in regions]).tolist()
+    zone_texts = _json_texts([z or "" for z in time_zones]).tolist()
+    whole = np.asarray(ages, dtype=np.int64).reshape(n)
+    codes, uniques = pd.factorize(whole)
+    age_texts = np.array([str(a) if a >= 0 else "null" for a in uniques.tolist()], dtype=object)[codes].tolist()
+    head = hashlib.sha256(b'{"age":')
+    when = json.dumps(decision_time)
+    digests = []
+    for a, i, f, r, z in zip(age_texts, inner, behaviour, region_texts, zone_texts, strict=True):
+        digest = head.copy()
+        digest.update(f'{a},"attributes":{{{i}}},"decision_time":{when}{f},"region":{r},"time_zone":{z}}}'.encode())
+        digests.append(digest.digest())
+    return digests
 
 
 def birth_date_for_age(age: int, on: date) -> date:
@@ -197,9 +274,12 @@ class CampaignService:
 
     def __init__(self, uow_factory: Callable[[], CampaignUnitOfWork], profile: CustomerSource,
                  risk: Screener, model: HeuristicPropensityModel | None = None,
-                 metrics: ServiceMetrics | None = None, champions: ChampionSource | None = None) -> None:
+                 metrics: ServiceMetrics | None = None, champions: ChampionSource | None = None,
+                 features: FeatureSource | None = None) -> None:
         self.uow_factory = uow_factory
         self.profile = profile
+        # Profile's behaviour features, asked only when a champion model reads some (learning.py).
+        self.features = features
         self.risk = risk
         self.model = model or HeuristicPropensityModel()
         self.metrics = metrics or service_metrics()
@@ -299,6 +379,7 @@ class CampaignService:
         """Per offer: its champion uplift model, else its champion propensity model, else the heuristic."""
         scores: dict[str, OfferScore] = {}
         started = time.perf_counter()
+        behaviour: dict[str, float] | None = None  # fetched once, and only for a model that reads features
         for offer in offers:
             champion = None
             if self.champions is not None:
@@ -309,11 +390,18 @@ class CampaignService:
                     basis = "propensity"
             if champion is not None:
                 trained, version = champion
+                wanted = modeling.event_features(trained.spec)
+                if wanted and behaviour is None:
+                    # as of the decision time, the definitions the model was trained with
+                    (behaviour,) = await features_as_of(self.features, [(customer.customer_id,
+                                                                         context.decision_time)])
+                used = {n: behaviour[n] for n in wanted if n in behaviour} if wanted and behaviour else {}
                 frame = build_frame([Example(customer.attributes, customer.birth_date, customer.region,
-                                             context.decision_time, {})], trained.spec)
+                                             context.decision_time, {}, features=used)], trained.spec)
                 probability = float(trained.score(frame)[0])
                 scores[offer.offer_id] = OfferScore(probability, version, basis, tuple(
-                    c.removeprefix("attr.") for c in trained.spec.columns if c.startswith("attr.")))
+                    c.removeprefix("attr.") for c in trained.spec.columns if c.startswith("attr.")),
+                    tuple(sorted(used.items())))
             else:
                 probability = self.model.score(customer, offer, context.decision_time.date())
                 scores[offer.offer_id] = OfferScore(probability, self.model.version, "propensity",
@@ -441,8 +529,9 @@ class CampaignService:
                 trained = models[version]
                 if trained is None:
                     return differs(offer.offer_id, "model_version", version, "not in the model registry")
-                frame = modeling.build_frame([modeling.Example(customer.attributes, customer.birth_date,
-                                                               customer.region, decision_time, {})], trained.spec)
+                frame = modeling.build_frame([modeling.Example(
+                    customer.attributes, customer.birth_date, customer.region, decision_time, {},
+                    features=dict(snapshot.get("features") or {}))], trained.spec)
                 probability = float(trained.score(frame)[0])
             scores[offer.offer_id] = OfferScore(probability, version, basis)
         _, _, recomputed = self._rank(offers, ScreenResult(verdicts, record.policy_version), scores,

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import types
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
-from sqlalchemy import DateTime, LargeBinary, MetaData, String, event, text
+from sqlalchemy import DateTime, LargeBinary, MetaData, String, Table, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Mapped, mapped_column
@@ -92,6 +93,48 @@ def async_url(url: str) -> str:
     elif parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed.render_as_string(hide_password=False)
+
+
+BULK_INSERT_CHUNK = 20_000
+
+
+async def insert_columns(session: AsyncSession, table: Table, columns: Mapping[str, Sequence[Any]], *,
+                         constants: Mapping[str, Any] | None = None, ignore_conflicts_on: Sequence[str] = (),
+                         chunk: int = BULK_INSERT_CHUNK) -> None:
+    """Rows given column by column (every column holds one value per row), written in the caller's transaction
+    with one DBAPI executemany of a plain INSERT per `chunk` rows: values go through the columns' own bind
+    processors (UTC datetimes, ...), without per-row statement compilation or ORM bookkeeping. With
+    `ignore_conflicts_on`, a row whose key already exists is skipped (`ON CONFLICT (...) DO NOTHING`, on SQLite
+    and PostgreSQL alike): re-running the same rows is idempotent. Names come from the table; values are
+    always parameters. `constants` are columns with one value for every row (processed once)."""
+    names = list(columns)
+    if not names:
+        return
+    total = len(columns[names[0]])
+    constants = dict(constants or {})
+    if any(len(columns[n]) != total for n in names):
+        raise ValueError("insert_columns: every column must hold one value per row")
+    if not total:
+        return
+    connection = await session.connection()
+    dialect = connection.dialect
+    processed = []
+    for name in names:
+        process = table.c[name].type.bind_processor(dialect)
+        values = columns[name]
+        processed.append(list(values) if process is None else [process(v) for v in values])
+    for name, value in constants.items():
+        process = table.c[name].type.bind_processor(dialect)
+        processed.append([value if process is None else process(value)] * total)
+    names += list(constants)
+    mark = "%s" if dialect.name == "postgresql" else "?"
+    sql = (f"INSERT INTO {table.name} ({', '.join(table.c[n].name for n in names)}) "  # noqa: S608  # nosec B608
+           f"VALUES ({', '.join([mark] * len(names))})")
+    if ignore_conflicts_on:
+        sql += f" ON CONFLICT ({', '.join(table.c[n].name for n in ignore_conflicts_on)}) DO NOTHING"
+    rows = list(zip(*processed, strict=True))
+    for start in range(0, total, chunk):
+        await connection.exec_driver_sql(sql, rows[start:start + chunk])
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -47,6 +47,8 @@ ATTR_OFFERS_RANKED = "lodestar.decision.offers_ranked"
 ATTR_PARTNER_ID = "lodestar.partner_id"
 ATTR_POLICY_VERSION = "lodestar.risk.policy_version"
 ATTR_MODEL_VERSION = "lodestar.campaign.model_version"
+ATTR_FEATURE_POINTS = "lodestar.features.points"  # (customer, as_of) points of one BatchGetFeatures: a count
+ATTR_FEATURE_CUSTOMERS = "lodestar.features.customers"  # distinct customers among them: a count
 
 # --- metrics ------------------------------------------------------------------------------------------------
 # Metric attribute names (Prometheus turns the dots into underscores: rpc.grpc.status -> rpc_grpc_status).

@@ -17,7 +17,7 @@ from services.platform import timestamps
 from services.platform.errors import InvalidArgument
 from services.platform.idempotency import key_for
 from services.platform.validation import ID_PATTERN, ID_RULE, Violations, check_id
-from services.profile.events import FUTURE_SKEW, MAX_BATCH, EventsService, StoredTag
+from services.profile.events import FUTURE_SKEW, MAX_BATCH, MAX_FEATURE_POINTS, EventsService, StoredTag
 
 _KEY = re.compile(r"^[a-z0-9][a-z0-9_]{0,31}$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
@@ -153,6 +153,42 @@ def _as_of(request: Any) -> datetime | None:
     return to_datetime(request.as_of) if request.HasField("as_of") else None
 
 
+def feature_points_from_proto(points: Any, now: datetime) -> list[tuple[str, datetime | None]]:
+    """(customer_id, as_of) of each point; every problem is a field violation `points[i].<field>`, and the
+    error's reason is that of the first one (REQUIRED_FIELD_MISSING, INVALID_ID, INVALID_TIMESTAMP,
+    AS_OF_IN_FUTURE)."""
+    if not points:
+        raise InvalidArgument.field("points", "at least one point is required", reason="REQUIRED_FIELD_MISSING")
+    if len(points) > MAX_FEATURE_POINTS:
+        raise InvalidArgument.field("points", f"at most {MAX_FEATURE_POINTS} points per request",
+                                    reason="BATCH_TOO_LARGE")
+    violations = Violations()
+    reasons: list[str] = []
+
+    def bad(field: str, description: str, reason: str) -> None:
+        violations.add(field, description)
+        reasons.append(reason)
+
+    out: list[tuple[str, datetime | None]] = []
+    for i, point in enumerate(points):
+        if not point.customer_id:
+            bad(f"points[{i}].customer_id", "is required", "REQUIRED_FIELD_MISSING")
+        elif not ID_PATTERN.match(point.customer_id):
+            bad(f"points[{i}].customer_id", ID_RULE, "INVALID_ID")
+        as_of: datetime | None = None
+        if point.HasField("as_of"):
+            if not timestamps.is_valid(point.as_of):
+                bad(f"points[{i}].as_of", "must be a timestamp between 0001-01-01 and 9999-12-31 with nanos in "
+                                          "[0, 1e9)", "INVALID_TIMESTAMP")
+            else:
+                as_of = to_datetime(point.as_of)
+                if as_of > now + FUTURE_SKEW:
+                    bad(f"points[{i}].as_of", "must not be in the future", "AS_OF_IN_FUTURE")
+        out.append((point.customer_id, as_of))
+    violations.raise_if_any(reason=reasons[0] if reasons else "INVALID_ARGUMENT")
+    return out
+
+
 def tag_to_proto(tag: StoredTag) -> pb.Tag:
     return pb.Tag(name=tag.name, value=tag.value, source=tag.source, rule_version=tag.rule_version,
                   as_of=to_timestamp(tag.as_of), computed_at=to_timestamp(tag.computed_at))
@@ -190,6 +226,16 @@ class EventHandlers(pbg.EventServiceServicer):
         features, as_of = await self.service.get_features(customer_id, _as_of(request))
         return pb.GetFeaturesResponse(customer_id=customer_id, as_of=to_timestamp(as_of),
                                       features=features.values, products_held=features.products_held)
+
+    async def BatchGetFeatures(self, request: pb.BatchGetFeaturesRequest,
+                               context: grpc.aio.ServicerContext) -> pb.BatchGetFeaturesResponse:
+        points = feature_points_from_proto(request.points, self.service.clock())
+        results = await self.service.features_at(points)
+        return pb.BatchGetFeaturesResponse(results=[
+            pb.PointFeatures(customer_id=r.customer_id, as_of=to_timestamp(r.as_of), found=r.found,
+                             features=r.features.values if r.found else {},
+                             products_held=r.features.products_held if r.found else [])
+            for r in results])
 
     async def ComputeTags(self, request: pb.ComputeTagsRequest,
                           context: grpc.aio.ServicerContext) -> pb.ComputeTagsResponse:

@@ -6,30 +6,33 @@ as_of. `recorded_at` is this service's clock at ingest, never the client's.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from opentelemetry import trace
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.platform.db import utcnow
 from services.platform.errors import InvalidArgument, NotFound
 from services.platform.idempotency import Codec, IdempotencyKey, run_idempotent
 from services.platform.masking import customer_token
-from services.platform.telemetry import ATTR_CUSTOMER_TOKEN
+from services.platform.telemetry import ATTR_CUSTOMER_TOKEN, ATTR_FEATURE_CUSTOMERS, ATTR_FEATURE_POINTS
 from services.profile.db import CustomerRow, CustomerTagValueRow
 from services.profile.db import IdempotencyKey as IdempotencyKeyRow
-from services.profile.events_db import CustomerTagRow, EventsUnitOfWork
+from services.profile.events_db import CustomerTagRow, EventRepository, EventsUnitOfWork
 from services.profile.features import (
     LOOKBACK_DAYS,
     CustomerFacts,
     FeatureSet,
     compute_batch,
     compute_one,
+    compute_points,
     records_frame,
 )
 from services.profile.tags import RULE_VERSION, TagValue, compute_tags
@@ -37,6 +40,11 @@ from services.profile.tags import RULE_VERSION, TagValue, compute_tags
 log = logging.getLogger("lodestar.profile.events")
 
 MAX_BATCH = 1000
+# (customer_id, as_of) points per BatchGetFeatures request.
+MAX_FEATURE_POINTS = 1000
+# Up to this many points (a real-time decision asks for one) are computed by the real-time executor, without
+# pandas' fixed cost; more by the batch executor. Both give the same values (tests/unit/test_profile_features.py).
+REAL_TIME_POINTS = 8
 # Tolerated clock skew of a caller's as_of / occurred_at ahead of this service's clock.
 FUTURE_SKEW = timedelta(minutes=5)
 
@@ -71,11 +79,55 @@ class StoredTag:
     computed_at: datetime
 
 
+@dataclass(frozen=True)
+class PointFeatures:
+    """The features of one (customer, as_of) point; found is False where get_features is NOT_FOUND."""
+
+    customer_id: str
+    as_of: datetime
+    found: bool
+    features: FeatureSet
+
+
+def first_known(candidates: Iterable[tuple[datetime, datetime]], as_of: datetime) -> datetime | None:
+    """The first event known at as_of, from EventRepository.first_occurred_by_recording's pairs."""
+    return min((first for recorded, first in candidates if recorded <= as_of and first <= as_of), default=None)
+
+
+async def batch_inputs(session: AsyncSession, customer_ids: Sequence[str], as_of: datetime
+                       ) -> tuple[list[tuple[Any, ...]], dict[str, CustomerFacts], dict[str, datetime]]:
+    """What compute_batch needs for these customers as of one time (set-based, 500 ids a query): their
+    records, facts and first events. Shared by features_batch and the audience export (segments.py)."""
+    facts = await customer_facts(session, customer_ids)
+    events = EventRepository(session)
+    records = await events.known_at(customer_ids, as_of, as_of - timedelta(days=LOOKBACK_DAYS))
+    first = await events.first_occurred(customer_ids, as_of)
+    return records, facts, first
+
+
 def facts_of(customer_id: str, row: CustomerRow | None) -> CustomerFacts:
     if row is None:
         return CustomerFacts(customer_id, exists=False)
-    attributes = {name: value.get("v") for name, value in (row.attributes or {}).items() if isinstance(value, dict)}
-    return CustomerFacts(customer_id, row.time_zone, row.region, row.birth_date, attributes)
+    return _facts(customer_id, row.time_zone, row.region, row.birth_date, row.attributes)
+
+
+def _facts(customer_id: str, time_zone: str, region: str, birth_date: date | None,
+           stored: dict[str, Any] | None) -> CustomerFacts:
+    attributes = {name: value.get("v") for name, value in (stored or {}).items() if isinstance(value, dict)}
+    return CustomerFacts(customer_id, time_zone, region, birth_date, attributes)
+
+
+async def customer_facts(session: AsyncSession, customer_ids: Sequence[str]) -> dict[str, CustomerFacts]:
+    """The facts of these customers (exists=False for those without a record): only the columns features read,
+    without loading whole customer entities; 500 ids a query."""
+    out = {c: CustomerFacts(c, exists=False) for c in customer_ids}
+    columns = (CustomerRow.customer_id, CustomerRow.time_zone, CustomerRow.region, CustomerRow.birth_date,
+               CustomerRow.attributes)
+    for start in range(0, len(customer_ids), 500):
+        chunk = list(customer_ids[start:start + 500])
+        for customer_id, *facts in await session.execute(select(*columns).where(CustomerRow.customer_id.in_(chunk))):
+            out[customer_id] = _facts(customer_id, *facts)
+    return out
 
 
 class EventsService:
@@ -137,11 +189,38 @@ class EventsService:
         ids = list(dict.fromkeys(customer_ids))
         with self.tracer.start_as_current_span("EventsService.compute_features_batch"):
             async with self.uow_factory() as uow:
-                rows = await uow.customer_rows(ids)
-                facts = {c: facts_of(c, rows.get(c)) for c in ids}
-                records = await uow.events.known_at(ids, point, point - timedelta(days=LOOKBACK_DAYS))
-                first = await uow.events.first_occurred(ids, point)
+                records, facts, first = await batch_inputs(uow.session, ids, point)
             return compute_batch(records_frame(records), facts, first, point), facts, point
+
+    async def features_at(self, points: Sequence[tuple[str, datetime | None]]) -> list[PointFeatures]:
+        """Many (customer, as_of) points, each answered exactly as get_features answers it (found = False where
+        that is NOT_FOUND), in the points' order. One read for all: the customers' records, their events known
+        at the latest as_of that occurred after the earliest as_of minus LOOKBACK_DAYS, and the (recorded_at,
+        first occurred_at) pairs that give each point its first event; three queries per 500 customers, however
+        many points. Then each point keeps only what was recorded and occurred at or before its own as_of:
+        features.compute_points in a worker thread, or compute_one per point for a few (REAL_TIME_POINTS)."""
+        resolved = [(customer_id, self._as_of(as_of)) for customer_id, as_of in points]
+        if not resolved:
+            return []
+        ids = list(dict.fromkeys(c for c, _ in resolved))
+        latest = max(a for _, a in resolved)
+        earliest = min(a for _, a in resolved)
+        with self.tracer.start_as_current_span("EventsService.compute_features_at") as span:
+            span.set_attribute(ATTR_FEATURE_POINTS, len(resolved))
+            span.set_attribute(ATTR_FEATURE_CUSTOMERS, len(ids))
+            async with self.uow_factory() as uow:
+                facts = await customer_facts(uow.session, ids)
+                records = await uow.events.known_at(ids, latest, earliest - timedelta(days=LOOKBACK_DAYS))
+                firsts = await uow.events.first_occurred_by_recording(ids, latest)
+            first_seen = [first_known(firsts.get(c, ()), a) for c, a in resolved]
+            if len(resolved) <= REAL_TIME_POINTS:
+                computed = [compute_one([r for r in records if r[0] == c], facts[c], first, a)
+                            for (c, a), first in zip(resolved, first_seen, strict=True)]
+            else:
+                computed = await asyncio.to_thread(compute_points, records_frame(records), resolved, facts,
+                                                   first_seen)
+        return [PointFeatures(c, a, facts[c].exists or first is not None, features)
+                for (c, a), first, features in zip(resolved, first_seen, computed, strict=True)]
 
     async def compute_tags(self, customer_ids: Sequence[str], as_of: datetime | None = None
                            ) -> dict[str, list[StoredTag]]:

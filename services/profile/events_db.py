@@ -120,6 +120,23 @@ class EventRepository:
                 out[customer_id] = first
         return out
 
+    async def first_occurred_by_recording(self, customer_ids: Sequence[str], as_of: datetime
+                                          ) -> dict[str, list[tuple[datetime, datetime]]]:
+        """Per customer, (recorded_at, earliest occurred_at) of each ingest time known at as_of. The first event
+        known at any t <= as_of is the least earliest-occurred_at of the pairs with recorded_at <= t and earliest
+        <= t: tenure for many points in time from one query (events.EventsService.features_at)."""
+        out: dict[str, list[tuple[datetime, datetime]]] = {}
+        for start in range(0, len(customer_ids), 500):
+            chunk = list(customer_ids[start:start + 500])
+            query = (
+                select(EventRow.customer_id, EventRow.recorded_at, func.min(EventRow.occurred_at))
+                .where(EventRow.customer_id.in_(chunk), *_point_in_time(as_of))
+                .group_by(EventRow.customer_id, EventRow.recorded_at)
+            )
+            for customer_id, recorded, first in await self.session.execute(query):
+                out.setdefault(customer_id, []).append((recorded, first))
+        return out
+
 
 class TagRepository:
     def __init__(self, session: AsyncSession) -> None:

@@ -2,7 +2,9 @@
 
 `AGGREGATES` (plus recency, tenure and products held below) is the one definition of every feature. Two
 executors run it: `compute_one` in plain Python over one customer's records (real-time decisions: no pandas
-overhead) and `compute_batch` in pandas over a frame of many customers (campaigns, training sets). Both take
+overhead) and `compute_batch` in pandas over a frame of many customers (campaigns, training sets), all as of one
+time, or `compute_points` over many (customer, as_of) points, each as of its own time (BatchGetFeatures: training
+rows as of their contact times) — the same pandas code, keyed by point instead of customer. All take
 the same flat records (`events_db.EVENT_COLUMNS`) and drop anything not known at `as_of` (recorded_at >
 as_of) or not yet happened (occurred_at > as_of), whatever the loader did. tests/unit/test_profile_features*.py
 prove that they agree. Definitions: docs/features.md.
@@ -234,23 +236,63 @@ def records_frame(records: Iterable[Sequence[Any]]) -> pd.DataFrame:
 def compute_batch(frame: pd.DataFrame, facts: Mapping[str, CustomerFacts],
                   first_seen: Mapping[str, datetime], as_of: datetime) -> dict[str, FeatureSet]:
     """The features of every customer in `facts`, from a frame of their records (see records_frame)."""
-    stamp = pd.Timestamp(as_of)
-    frame = frame[(frame["recorded_at"] <= stamp) & (frame["occurred_at"] <= stamp)].copy()
+    targets = {c: _Target(f, first_seen.get(c), as_of) for c, f in facts.items()}
+    return _compute_keyed(frame, "customer_id", targets, pd.Timestamp(as_of))
+
+
+def compute_points(frame: pd.DataFrame, points: Sequence[tuple[str, datetime]],
+                   facts: Mapping[str, CustomerFacts], first_seen: Sequence[datetime | None]) -> list[FeatureSet]:
+    """The features of each (customer_id, as_of) point, each as of its own as_of, in one pass over a frame of the
+    customers' records (records_frame; loaded up to the latest as_of). `first_seen[i]`: the customer's first
+    event known at point i's as_of. A customer with several points gets its records once per point."""
+    keys = pd.DataFrame({
+        "customer_id": pd.Series([c for c, _ in points], dtype=object),
+        "point": np.arange(len(points), dtype=np.int64),
+        "stamp": pd.to_datetime(pd.Series([a for _, a in points], dtype=object), utc=True),
+    })
+    merged = frame.merge(keys, on="customer_id", how="inner", sort=False)
+    # A point sees LOOKBACK_DAYS back at most (tenure is first_seen's business): drop the rest early.
+    merged = merged[merged["occurred_at"] > merged["stamp"] - pd.Timedelta(days=LOOKBACK_DAYS)]
+    targets = {i: _Target(facts[c], first_seen[i], a) for i, (c, a) in enumerate(points)}
+    out = _compute_keyed(merged, "point", targets, None)
+    return [out[i] for i in range(len(points))]
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What one computation is about: whose facts, the first event known then, and as of when."""
+
+    facts: CustomerFacts
+    first_seen: datetime | None
+    as_of: datetime
+
+
+def _compute_keyed(frame: pd.DataFrame, key: str, targets: Mapping[Any, _Target],
+                   stamp: pd.Timestamp | None) -> dict[Any, FeatureSet]:
+    """The batch executor. Each record belongs to the target named by its `key` column; the target's as_of is
+    `stamp` for all (compute_batch) or each record's `stamp` column (compute_points)."""
+    def at(part: pd.DataFrame) -> Any:
+        return stamp if stamp is not None else part["stamp"]
+
+    frame = frame[(frame["recorded_at"] <= at(frame)) & (frame["occurred_at"] <= at(frame))].copy()
     frame["time_of_day"] = ""
     frame["weekday"] = ""
     transactions = frame["kind"] == "transaction"  # only spend is split by time of day and weekday
-    zones = frame.loc[transactions, "customer_id"].map(lambda c: facts[c].zone().key if c in facts else "UTC")
+    zone_of = {k: t.facts.zone().key for k, t in targets.items()}
+    zones = frame.loc[transactions, key].map(lambda k: zone_of.get(k, "UTC"))
     for zone_name, index in frame.loc[transactions].groupby(zones).groups.items():
         local = frame.loc[index, "occurred_at"].dt.tz_convert(ZoneInfo(str(zone_name)))
         frame.loc[index, "time_of_day"] = _TIME_OF_DAY[local.dt.hour.to_numpy() // 6]
         frame.loc[index, "weekday"] = _WEEKDAY[local.dt.day_of_week.to_numpy()]
     by_kind = {kind: part for kind, part in frame.groupby("kind", sort=False)}
     empty = frame.iloc[0:0]
-    values: dict[str, dict[str, float]] = {c: _dense_defaults() for c in facts}
+    values: dict[Any, dict[str, float]] = {k: _dense_defaults() for k in targets}
     for agg in AGGREGATES:
         part = by_kind.get(agg.kind, empty)
-        low = stamp - pd.Timedelta(days=agg.window_days + agg.offset_days)
-        high = stamp - pd.Timedelta(days=agg.offset_days)
+        if part.empty:
+            continue  # nothing of this kind: the dense defaults stand, grouped features are absent
+        low = at(part) - pd.Timedelta(days=agg.window_days + agg.offset_days)
+        high = at(part) - pd.Timedelta(days=agg.offset_days)
         mask = (part["occurred_at"] > low) & (part["occurred_at"] <= high)
         if agg.where is not None:
             column, op, target = agg.where
@@ -259,29 +301,29 @@ def compute_batch(frame: pd.DataFrame, facts: Mapping[str, CustomerFacts],
             mask &= part[agg.measure].notna()
         sub = part[mask]
         if agg.by is None:
-            grouped = sub.groupby("customer_id", sort=False)
+            grouped = sub.groupby(key, sort=False)
             series = grouped.size() if agg.op == "count" else grouped[agg.measure].agg(agg.op)
-            for customer, value in series.items():
-                if customer in values:
-                    values[customer][agg.name] = float(value)
+            for owner, value in series.items():
+                if owner in values:
+                    values[owner][agg.name] = float(value)
         else:
-            grouped = sub.groupby(["customer_id", agg.by], sort=False)
+            grouped = sub.groupby([key, agg.by], sort=False)
             series = grouped.size() if agg.op == "count" else grouped[agg.measure].agg(agg.op)
-            for (customer, group), value in series.items():
-                if customer in values:
-                    values[customer][agg.name.format(key=group)] = float(value)
-    lookback = stamp - pd.Timedelta(days=LOOKBACK_DAYS)
+            for (owner, group), value in series.items():
+                if owner in values:
+                    values[owner][agg.name.format(key=group)] = float(value)
+    lookback = at(frame) - pd.Timedelta(days=LOOKBACK_DAYS)
     debits = frame[(frame["kind"] == "transaction") & (frame["direction"] == "debit")
                    & (frame["occurred_at"] > lookback)]
-    last_debit = debits.groupby("customer_id")["occurred_at"].max()
-    repaid = frame[(frame["kind"] == "repayment") & (frame["product"] != "")
-                   & (frame["occurred_at"] > stamp - pd.Timedelta(days=365))]
-    products = repaid.groupby("customer_id")["product"].agg(set)
-    out: dict[str, FeatureSet] = {}
-    for customer, customer_facts in facts.items():
-        last = last_debit.get(customer)
-        out[customer] = _finish(
-            values[customer], set(products.get(customer, set())), customer_facts, first_seen.get(customer),
-            last.to_pydatetime() if last is not None else None, as_of,
+    last_debit = debits.groupby(key)["occurred_at"].max()
+    year_ago = at(frame) - pd.Timedelta(days=365)
+    repaid = frame[(frame["kind"] == "repayment") & (frame["product"] != "") & (frame["occurred_at"] > year_ago)]
+    products = repaid.groupby(key)["product"].agg(set)
+    out: dict[Any, FeatureSet] = {}
+    for owner, target in targets.items():
+        last = last_debit.get(owner)
+        out[owner] = _finish(
+            values[owner], set(products.get(owner, set())), target.facts, target.first_seen,
+            last.to_pydatetime() if last is not None else None, target.as_of,
         )
     return out

@@ -5,6 +5,7 @@ events). Nothing here logs or traces a customer id or an attribute value."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -12,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Float, String, case, cast, func, literal, select
+from sqlalchemy import ColumnElement, Float, String, case, cast, func, literal
 
 from lodestar.profile.v1 import condition_pb2
 from services.platform import pagination
@@ -36,8 +37,10 @@ from services.profile.conditions import (
 from services.profile.db import CustomerFeatureRow, CustomerRow, CustomerTagValueRow
 from services.profile.db import IdempotencyKey as IdempotencyKeyRow
 from services.profile.domain import AttributeSpec
+from services.profile.events import FUTURE_SKEW, batch_inputs
 from services.profile.events_db import CustomerTagRow, EventRow
 from services.profile.feature_store import FEATURE_NAMES
+from services.profile.features import CustomerFacts, compute_batch, records_frame
 from services.profile.segments_db import SegmentRow, SegmentsUnitOfWork
 from services.profile.tags import AGE_BANDS, BUILTIN_TAGS, UNKNOWN
 
@@ -239,10 +242,7 @@ def value_expression(spec: FieldSpec) -> ColumnElement[Any]:
     if spec.source == "tag":
         return literal(None, String())  # tags are read by a second query per batch
     if spec.source == "feature":
-        return (select(CustomerFeatureRow.value)
-                .where(CustomerFeatureRow.customer_id == CustomerRow.customer_id,
-                       CustomerFeatureRow.name == literal(spec.key, String()))
-                .scalar_subquery())
+        return literal(None, Float())  # computed per batch at the export's as_of (SegmentsService.export)
     if spec.source == "computed":
         # turned into age / age_band in Python (columns_of); birth_date itself is never exported
         return CustomerRow.birth_date.expression
@@ -471,6 +471,8 @@ class SegmentsService:
             values: list[Any]
             if spec.source == "tag":
                 values = [tags.get((r[0], spec.key)) for r in rows]
+            elif spec.source == "feature":
+                values = [tags.get((r[0], f"feature.{spec.key}")) for r in rows]
             elif spec.source == "computed":
                 values = [_age_value(spec.key, r[index], day) for r in rows]
             else:
@@ -514,13 +516,22 @@ class SegmentsService:
         query = uow.audience.values_query([value_expression(f) for f in fields],
                                           segment_id=segment_id if static else None, where=where)
         tag_names = [f.key for f in fields if f.source == "tag"]
+        feature_names = [f.key for f in fields if f.source == "feature"]
+        if feature_names and as_of > now() + FUTURE_SKEW:
+            raise InvalidArgument.field("as_of", "must not be in the future when features are exported",
+                                        reason="AS_OF_IN_FUTURE")
         while True:
             # One short transaction per batch: nothing is held open between batches, nothing accumulates.
             async with self.uow_factory() as uow:
                 rows = await uow.audience.page(query, after_id=after_id, limit=batch_size)
-                tags = await uow.audience.tags([r[0] for r in rows], tag_names) if tag_names else {}
+                tags: dict[tuple[str, str], Any] = (
+                    dict(await uow.audience.tags([r[0] for r in rows], tag_names)) if tag_names else {})
+                inputs = (await batch_inputs(uow.session, [r[0] for r in rows], as_of)
+                          if feature_names and rows else None)
             if not rows:
                 return
+            if inputs is not None:
+                tags.update(await self._features_at(inputs, feature_names, as_of))
             after_id = rows[-1][0]
             batch_number += 1
             token = pagination.encode_page_token(
@@ -529,6 +540,17 @@ class SegmentsService:
                               as_of)
             if len(rows) < batch_size:
                 return
+
+    @staticmethod
+    async def _features_at(inputs: tuple[list[tuple[Any, ...]], dict[str, CustomerFacts], dict[str, datetime]],
+                           names: Sequence[str], as_of: datetime) -> dict[tuple[str, str], float]:
+        """The requested features of a batch's members computed at as_of by the batch executor (the definitions
+        GetFeatures and BatchGetFeatures use), in a worker thread: (customer, "feature.<name>") -> value, only
+        for features present (absent: recency_days or tenure_days with nothing to measure, unseen groups)."""
+        records, facts, first = inputs
+        computed = await asyncio.to_thread(lambda: compute_batch(records_frame(records), facts, first, as_of))
+        return {(c, f"feature.{name}"): feature_set.values[name] for c, feature_set in computed.items()
+                for name in names if name in feature_set.values}
 
     # -- clustering --------------------------------------------------------------------------------------
 

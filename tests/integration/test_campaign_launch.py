@@ -15,7 +15,7 @@ from lodestar.campaign.v1 import campaign_service_pb2_grpc as pbg
 from lodestar.campaign.v1 import launch_pb2
 from lodestar.common.v1 import common_pb2 as c
 from services.campaign.app import DEFINITION
-from services.campaign.clients import AudienceBatch
+from services.campaign.clients import AudienceBatch, ScreenedBatch
 from services.campaign.db import (
     CampaignRow,
     CampaignStateChangeRow,
@@ -28,7 +28,7 @@ from services.campaign.domain import APPROVED, DRAFT, SUBMITTED, Arm, Campaign, 
 from services.campaign.launch import ALLOCATING, DONE, SELECTING, LaunchService, assign
 from services.campaign.scoring import HeuristicPropensityModel
 from services.platform.errors import Unavailable
-from tests.helpers import expect_error
+from tests.helpers import expect_error, stored_partitions
 
 
 class FakeAudience:
@@ -59,13 +59,14 @@ class FakeRisk:
         self.down = False
         self.calls = 0
 
-    async def screen_batch(self, offers, channel, contact_time, items):
+    async def screen_subjects(self, offers, channel, contact_time, subjects):
         self.calls += 1
         if self.down:
             raise Unavailable("DEPENDENCY_UNAVAILABLE", "the risk service is unavailable; retry later")
         await asyncio.sleep(0)
-        return {i.customer_id: {o.offer_id: "DENY" if (i.customer_id, o.offer_id) in self.deny else "ALLOW"
-                                for o in offers} for i in items}
+        return ScreenedBatch.from_verdicts(subjects.customer_ids, offers, {
+            c: {o.offer_id: "DENY" if (c, o.offer_id) in self.deny else "ALLOW" for o in offers}
+            for c in subjects.customer_ids})
 
 
 class Clock:
@@ -180,10 +181,8 @@ async def test_control_customers_are_recorded_never_contacted(svc):
     assert {r.customer_id for r in outbox} == set(ids) - control  # no capacity, no budget: every treated one
     assert all(r.arm_id == ("a" if groups[r.customer_id] == 0 else "b") for r in outbox)
     # The assignment of every member is kept with its partition for evaluation.
-    from services.campaign.launch import PartitionResult
     kept = {}
-    for part in await rows(svc, LaunchPartitionRow):
-        result = PartitionResult.from_blob(part.results)
+    for result in await stored_partitions(svc.runtime.database):
         kept.update(zip(result.member_ids.tolist(), result.groups.tolist(), strict=True))
     assert kept == groups
 

@@ -15,11 +15,10 @@ from sqlalchemy import select
 from lodestar.campaign.v1 import campaign_report_pb2, campaign_report_pb2_grpc
 from services.campaign.app import DEFINITION
 from services.campaign.batch_decisions import unpack
-from services.campaign.db import BatchDecisionRow, LaunchPartitionRow, OutboxRow, ResponseRow
+from services.campaign.db import BatchDecisionRow, OutboxRow, ResponseRow
 from services.campaign.evaluation import proportion_uplift, qini_curve
 from services.campaign.holdout import GlobalHoldout
-from services.campaign.launch import PartitionResult
-from tests.helpers import expect_error
+from tests.helpers import expect_error, stored_partitions
 from tests.integration.test_campaign_launch import FakeAudience, FakeRisk, add_campaign, members, service
 
 HELD = {"c00041", "c00043", "c00092", "c00181"}  # the 2% global holdout among c00000..c00199
@@ -52,8 +51,7 @@ async def launched(svc):
     launch = await launches.launch("spring", "ops-1", None)
     await launches.run_until_idle()
     groups = {}
-    for part in await rows(svc, LaunchPartitionRow):
-        result = PartitionResult.from_blob(part.results)
+    for result in await stored_partitions(svc.runtime.database):
         groups.update({str(c): int(g) for c, g in zip(result.member_ids, result.groups, strict=True)})
     return launch.launch_id, groups
 

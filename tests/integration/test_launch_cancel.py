@@ -15,6 +15,7 @@ from lodestar.campaign.v1 import campaign_service_pb2 as pb
 from lodestar.campaign.v1 import campaign_service_pb2_grpc as pbg
 from lodestar.campaign.v1 import launch_pb2
 from services.campaign.app import DEFINITION
+from services.campaign.clients import proxy_birth_date
 from services.campaign.db import CampaignUnitOfWork, LaunchPartitionRow, OutboxRow
 from services.campaign.domain import CANCELLED, COMPLETED, PAUSED, RUNNING, CustomerSnapshot
 from services.campaign.holdout import GlobalHoldout
@@ -25,10 +26,9 @@ from services.campaign.launch import (
     HOLDOUT_GROUP,
     PENDING,
     SELECTING,
-    PartitionResult,
-    proxy_birth_dates,
 )
 from services.campaign.scoring import HeuristicPropensityModel, age_at
+from tests.helpers import stored_partitions
 from tests.integration.test_campaign_launch import (
     DEPOSIT,
     Clock,
@@ -158,8 +158,7 @@ async def test_global_holdout_members_are_recorded_and_never_in_the_outbox(svc):
     assert view.counts["customers"] == 200
     assert view.counts["control"] + view.counts["treated"] + view.counts["global_holdout"] == 200
     recorded = set()
-    for part in await rows(svc, LaunchPartitionRow):
-        result = PartitionResult.from_blob(part.results)
+    for result in await stored_partitions(svc.runtime.database):
         recorded |= {str(c) for c in result.member_ids[result.groups == HOLDOUT_GROUP]}
         assert not set(map(str, result.candidate_ids)) & expected
         assert np.all(result.groups >= HOLDOUT_GROUP)
@@ -176,10 +175,10 @@ class RecordingRisk(FakeRisk):
         super().__init__()
         self.facts = {}
 
-    async def screen_batch(self, offers, channel, contact_time, items):
-        self.facts.update({i.customer_id: i.facts for i in items})
+    async def screen_subjects(self, offers, channel, contact_time, subjects):
+        self.facts.update(zip(subjects.customer_ids, subjects.facts(), strict=True))  # what ScreenBatch gets
         self.contact_time = contact_time
-        return await super().screen_batch(offers, channel, contact_time, items)
+        return await super().screen_subjects(offers, channel, contact_time, subjects)
 
 
 async def test_the_exported_age_reaches_risk_and_the_scorer_never_a_birth_date(svc):
@@ -199,9 +198,8 @@ async def test_the_exported_age_reaches_risk_and_the_scorer_never_a_birth_date(s
     later = day + timedelta(days=180)
     assert age_at(date.fromisoformat(risk.facts["c00001"].birth_date), later) == 52
     # The vectorised heuristic now has the age term, equal to the per-customer heuristic.
-    (part,) = await rows(svc, LaunchPartitionRow)
-    result = PartitionResult.from_blob(part.results)
-    births = proxy_birth_dates(np.array([17.0, 52.0, np.nan]), view.as_of.date(), 3)
+    (result,) = await stored_partitions(svc.runtime.database)
+    births = [proxy_birth_date(age, view.as_of.date()) for age in (17.0, 52.0, np.nan)]
     model = HeuristicPropensityModel()
     for i, cid in enumerate(map(str, result.candidate_ids)):
         m = people[cid]

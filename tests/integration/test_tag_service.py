@@ -318,18 +318,47 @@ async def test_export_computes_age_and_age_band_at_as_of_and_refuses_birth_date(
         segment="segments/all", fields=["feature.bogus"])).read(), INVALID, "UNKNOWN_FIELD")
 
 
-async def test_export_reads_features_from_the_store(stubs):
+async def _export(stubs, segment, fields, as_of=None):
+    request = spb.ExportAudienceRequest(segment=segment, fields=fields)
+    if as_of is not None:
+        request.as_of.FromDatetime(as_of)
+    (batch,) = [b async for b in stubs.segments.ExportAudience(request)]
+    return list(batch.customer_ids), {c.field: (list(c.number_values), list(c.present)) for c in batch.columns}
+
+
+async def test_export_computes_features_at_its_as_of_not_from_the_store(stubs):
     tags = stubs.svc.runtime.components["tags"]
     await tags.start_job("job-f", None, 100)
-    await tags.run_job("job-f")
+    await tags.run_job("job-f")  # the store: as of now, before the event below
     await stubs.segments.CreateSegment(spb.CreateSegmentRequest(segment=spb.Segment(
         segment_id="spenders", kind=spb.SEGMENT_KIND_DYNAMIC, condition_text="feature.monetary_90d > 0")))
-    batches = [b async for b in stubs.segments.ExportAudience(spb.ExportAudienceRequest(
-        segment="segments/spenders", fields=["feature.monetary_90d", "feature.recency_days"]))]
-    batch = batches[0]
-    assert list(batch.customer_ids) == ["c-01", "c-03", "c-04"]
-    assert list(batch.columns[0].number_values) == [700.0, 60000.0, 6000.0]
-    assert list(batch.columns[1].number_values) == [10.0, 10.0, 10.0]
+    before = datetime.now(UTC)
+    late = epb.Event(event_id="c-01-late", customer_id="c-01", transaction=epb.Transaction(
+        amount="300", currency="CNY", merchant_category="groceries", channel="pos"))
+    late.occurred_at.FromDatetime(NOW - timedelta(days=1))
+    await stubs.events.IngestEvents(epb.IngestEventsRequest(events=[late]))
+    fields = ["feature.monetary_90d", "feature.recency_days", "feature.spend_category_groceries_90d"]
+    # now: the event after the store's refresh counts (the store still says 700 for c-01)
+    ids, columns = await _export(stubs, "segments/spenders", fields)
+    assert ids == ["c-01", "c-03", "c-04"]
+    assert columns["feature.monetary_90d"] == ([1000.0, 60000.0, 6000.0], [True] * 3)
+    assert columns["feature.recency_days"] == ([1.0, 10.0, 10.0], [True] * 3)
+    assert columns["feature.spend_category_groceries_90d"] == ([300.0, 0.0, 0.0], [True, False, False])
+    stored = await _rows(stubs.svc, CustomerFeatureRow, CustomerFeatureRow.customer_id == "c-01",
+                         CustomerFeatureRow.name == "monetary_90d")
+    assert [r.value for r in stored] == [700.0]
+    # as of before the late event was recorded: not counted, although it had happened by then
+    _, columns = await _export(stubs, "segments/spenders", fields, as_of=before)
+    assert columns["feature.monetary_90d"][0] == [700.0, 60000.0, 6000.0]
+    assert columns["feature.spend_category_groceries_90d"][1] == [False] * 3
+    # as of before any spend: monetary 0, recency absent (membership is the store's, as of its refresh)
+    _, columns = await _export(stubs, "segments/spenders", fields, as_of=NOW - timedelta(days=11))
+    assert columns["feature.monetary_90d"] == ([0.0] * 3, [True] * 3)
+    assert columns["feature.recency_days"][1] == [False] * 3
+    future = spb.ExportAudienceRequest(segment="segments/spenders", fields=fields)
+    future.as_of.FromDatetime(datetime.now(UTC) + timedelta(hours=1))
+    got = await expect_error(stubs.segments.ExportAudience(future).read(), INVALID, "AS_OF_IN_FUTURE")
+    assert got.field_violations[0][0] == "as_of"
 
 
 async def test_spans_external_tags_under_the_rpc_and_job_chunks_linked_to_it(stubs, span_exporter):

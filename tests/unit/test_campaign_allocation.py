@@ -135,3 +135,42 @@ def test_bad_input_names_the_argument(kwargs, message):
     values, costs, channels = args.pop("values"), args.pop("costs"), args.pop("offer_channels")
     with pytest.raises(AllocationError, match=message):
         allocate(values, costs, channels, **args)
+
+
+@pytest.mark.parametrize("block", [1, 3, 7, 65_536])
+@pytest.mark.parametrize("seed", range(100))
+def test_block_greedy_is_exactly_the_sequential_greedy(monkeypatch, seed, block):
+    """The vectorised greedy (blocks, running sums) picks exactly what the one-candidate-at-a-time loop picks,
+    across budgets and capacities that bind mid-block, ties, repeated costs and several channels."""
+    import services.campaign.allocation as allocation
+
+    monkeypatch.setattr(allocation, "GREEDY_BLOCK", block)
+    rng = np.random.default_rng(seed)
+    n, m = int(rng.integers(1, 60)), int(rng.integers(1, 5))
+    values = np.round(rng.normal(1.0, 2.0, (n, m)), 1)  # rounded: ties happen
+    values[rng.random((n, m)) < 0.2] = NAN
+    costs = rng.choice([0.5, 1.0, 1.5, 2.0], (n, m)) if seed % 3 else np.round(rng.uniform(0.1, 2, (n, m)), 2)
+    channels = [["sms", "email", "push"][j % 3] for j in range(m)]
+    budget = None if seed % 4 == 0 else float(rng.uniform(0, n))
+    capacity = {} if seed % 5 == 0 else {"sms": int(rng.integers(0, n)), "push": int(rng.integers(0, n // 2 + 1))}
+    rows, cols = allocation._candidates(values)
+    v, c = values[rows, cols], costs[rows, cols]
+    key = v / np.maximum(c, 1e-12) if budget is not None and c.sum() > budget else v
+    order = np.lexsort((rows, -key))
+    names = sorted(set(channels))
+    option_channel = np.array([names.index(k) for k in channels])[cols]
+    room = np.array([capacity.get(k, np.iinfo(np.int64).max) for k in names], dtype=np.int64)
+    left = float("inf") if budget is None else budget
+    expected = allocation._greedy_sequential(rows, option_channel, c, order, room, left, n, 1)
+    got = allocation._greedy_blocks(rows, option_channel, c, order, room, left, n)
+    assert got.tolist() == expected.tolist()
+    result = allocate(values, costs, channels, budget=budget, capacity=capacity, method="greedy")
+    assert sorted(map(tuple, result.pairs.tolist())) == sorted(zip(rows[expected].tolist(), cols[expected].tolist()))
+
+
+def test_cut_reasons_name_the_constraint_of_each_customer_s_best_option():
+    values = np.array([[9.0, NAN], [8.0, NAN], [NAN, 7.0], [NAN, 6.0], [NAN, NAN], [-2.0, NAN]])
+    costs = np.array([[1.0, 1.0], [1.0, 1.0], [3.0, 3.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0]])
+    result = allocate(values, costs, ["sms", "email"], budget=3.0, capacity={"sms": 1}, method="greedy")
+    assert list(result.assignment) == [0, -1, -1, 1, -1, -1]
+    assert result.cut_by == ["", "CAPACITY:sms", "BUDGET", "", "INELIGIBLE", "NOT_PROFITABLE"]

@@ -9,7 +9,14 @@ from decimal import Decimal
 import pytest
 
 from services.profile.events_db import EVENT_COLUMNS
-from services.profile.features import CustomerFacts, compute_batch, compute_one, records_frame, time_of_day
+from services.profile.features import (
+    CustomerFacts,
+    compute_batch,
+    compute_one,
+    compute_points,
+    records_frame,
+    time_of_day,
+)
 
 AS_OF = datetime(2026, 6, 30, 12, 0, tzinfo=UTC)  # a Tuesday
 
@@ -192,3 +199,31 @@ def test_batch_equals_real_time_for_every_customer(seed):
         for name, value in one.values.items():
             assert math.isclose(value, batch[c].values[name], rel_tol=1e-9, abs_tol=1e-6), (c, name)
         assert one.products_held == batch[c].products_held
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_points_each_equal_real_time_at_their_own_as_of(seed):
+    """compute_points (BatchGetFeatures) over one frame: every (customer, as_of) point equals compute_one as of
+    that point, repeated customers and window edges included."""
+    rng = random.Random(100 + seed)
+    customers = [f"c-{i}" for i in range(12)]
+    zones = ("", "Asia/Shanghai", "Europe/Lisbon", "America/New_York")
+    facts = {c: CustomerFacts(c, time_zone=rng.choice(zones),
+                              attributes={"products_held": "deposit"} if rng.random() < 0.3 else {})
+             for c in customers}
+    records = random_records(rng, customers[:-1], 500)
+    points = [(rng.choice(customers), AS_OF - timedelta(days=rng.randrange(0, 400), hours=rng.randrange(24)))
+              for _ in range(60)]
+    points += [(customers[0], AS_OF - timedelta(days=90)), (customers[0], AS_OF)]  # one customer, many times
+    edge = next(r for r in records if r[0] == customers[1])
+    points.append((customers[1], edge[2]))  # as_of exactly at an event's occurred_at
+    points.append((customers[1], edge[3]))  # ... and at its recorded_at
+    seen = [first_seen([r for r in records if r[0] == c], a) for c, a in points]
+    got = compute_points(records_frame(records), points, facts, seen)
+    assert len(got) == len(points)
+    for (c, as_of), first, batch in zip(points, seen, got, strict=True):
+        one = compute_one([r for r in records if r[0] == c], facts[c], first, as_of)
+        assert set(one.values) == set(batch.values), (c, as_of)
+        for name, value in one.values.items():
+            assert math.isclose(value, batch.values[name], rel_tol=1e-9, abs_tol=1e-6), (c, as_of, name)
+        assert one.products_held == batch.products_held
