@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -275,9 +276,9 @@ class CampaignReports:
         outcomes: list[int] = []
         for raw in await uow.session.scalars(select(BatchDecisionRow.records).where(
                 BatchDecisionRow.launch_id == launch.launch_id, BatchDecisionRow.number > ALLOCATION_NUMBER)):
-            doc = unpack_decisions(raw)
+            doc = unpack_decisions(raw, snapshot=False)
             for customer, group, probabilities in zip(doc["ids"], doc["groups"], doc["probability"], strict=True):
-                known = [p for p in probabilities if p is not None]
+                known = [float(p) for p in probabilities if p is not None and math.isfinite(p)]
                 if group == -2 or not known:
                     continue
                 scores.append(max(known))

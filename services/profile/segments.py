@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Float, String, case, cast, func, literal
+from sqlalchemy import ColumnElement, Float, String, case, cast, func, literal, null
 
 from lodestar.profile.v1 import condition_pb2
 from services.platform import pagination
@@ -242,7 +242,8 @@ def value_expression(spec: FieldSpec) -> ColumnElement[Any]:
     if spec.source == "tag":
         return literal(None, String())  # tags are read by a second query per batch
     if spec.source == "feature":
-        return literal(None, Float())  # computed per batch at the export's as_of (SegmentsService.export)
+        # computed per batch at the export's as_of (SegmentsService.export); typed, or PostgreSQL returns text
+        return cast(null(), Float())
     if spec.source == "computed":
         # turned into age / age_band in Python (columns_of); birth_date itself is never exported
         return CustomerRow.birth_date.expression
