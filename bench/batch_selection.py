@@ -44,6 +44,7 @@ import pandas as pd
 from bench.report import append_section, command_line, markdown_table, scale_parser
 from lodestar.common.v1 import common_pb2 as c
 from services.campaign import modeling
+from services.campaign.app import DEFAULT_LAUNCH_CONCURRENCY
 from services.campaign.clients import VERDICT_CODES, AudienceBatch, ScreenedBatch, ScreeningSubjects
 from services.campaign.db import CampaignUnitOfWork
 from services.campaign.domain import APPROVED, Arm, Campaign, Offer
@@ -154,7 +155,7 @@ async def pipeline(frame: pd.DataFrame, workdir: Path, champions: Champions | No
                                          arms=[Arm("a", 1 - CONTROL_SHARE, "x")], created_by="m"))
         await uow.commit()
     service = LaunchService(lambda: CampaignUnitOfWork(database), Audience(frame), Risk(), champions,
-                            worker_id="bench", partition_size=10_000, concurrency=2)
+                            worker_id="bench", partition_size=10_000, concurrency=DEFAULT_LAUNCH_CONCURRENCY)
     started = time.perf_counter()
     launched = await service.launch("bench", "bench", None)
     await service.run_until_idle()
@@ -245,7 +246,7 @@ def measure(frame: pd.DataFrame, models: dict[str, modeling.TrainedModel] | None
 def main(argv: list[str] | None = None) -> int:
     args = scale_parser(__doc__.splitlines()[0]).parse_args(argv)
     n = 1_000_000 if args.scale == "full" else 50_000
-    runs = 1 if args.scale == "full" else 3
+    runs = 3
     frame = audience(n)
     print(f"training {len(OFFERS)} champion models on synthetic history ...", flush=True)
     models = train_champions()

@@ -71,6 +71,7 @@ async def register(server: grpc.aio.Server, runtime: Runtime) -> None:
                              features=profile, concurrency=int(runtime.settings.extra.get(
                                  LAUNCH_CONCURRENCY, DEFAULT_LAUNCH_CONCURRENCY)))
     runtime.components["launches"] = launches
+    runtime.closers.append(launches.stop)  # closers run last-first: before the clients its partitions use close
     # Responses, Thompson sampling in Decide and launches, the learning loop (response_handlers.py).
     wire_responses(server, runtime, service, launches, learning)
     # Cross-sell, churn and pricing; their Decide hook (personalisation_app.py).

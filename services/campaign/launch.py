@@ -305,6 +305,8 @@ class LaunchService:
         self.arms: bandit.ThompsonArms | None = None
         # Per launch being selected: its row, campaign and offers (see _context).
         self._contexts: dict[str, tuple[LaunchRow, Campaign, list[Offer]]] = {}
+        # Per launch: the partitions this worker is selecting (see _select).
+        self._inflight: dict[str, set[asyncio.Task[None]]] = {}
 
     # --- use cases ------------------------------------------------------------------------------------------
 
@@ -398,6 +400,15 @@ class LaunchService:
             if state == ALLOCATING and await self._allocate(launch_id):
                 return True
         return False
+
+    async def stop(self) -> None:
+        """Cancels the partitions in selection (at shutdown, before the clients they use close): their claims
+        lapse with their leases and another replica, or this one after a restart, selects them again."""
+        tasks = [task for inflight in self._inflight.values() for task in inflight]
+        self._inflight.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def run_until_idle(self, max_steps: int = 100_000) -> int:
         steps = 0
@@ -593,17 +604,24 @@ class LaunchService:
         return True
 
     async def _select(self, launch_id: str) -> bool:
-        """Claims up to `concurrency` partitions and selects them side by side: while one waits on profile, risk
-        or its scoring (LightGBM runs in a thread, without the GIL), another runs its Python."""
-        claimed: list[LaunchPartitionRow] = []
-        for _ in range(self.concurrency):
+        """Keeps up to `concurrency` of the launch's partitions in selection side by side — while one waits on
+        profile, risk or its scoring (LightGBM runs in a thread, without the GIL), another runs its Python — and
+        returns once one of them is done, so the next step claims its successor at once (no step waits for the
+        slowest of a batch). False when there is nothing to claim and nothing in flight."""
+        inflight = self._inflight.setdefault(launch_id, set())
+        while len(inflight) < self.concurrency:
             partition = await self._claim_partition(launch_id)
             if partition is None:
                 break
-            claimed.append(partition)
-        if not claimed:
+            inflight.add(asyncio.create_task(self._select_claimed(launch_id, partition),
+                                             name=f"launches/{launch_id} partition {partition.number}"))
+        if not inflight:
+            self._inflight.pop(launch_id, None)
             return False
-        await asyncio.gather(*(self._select_claimed(launch_id, partition) for partition in claimed))
+        done, pending = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+        self._inflight[launch_id] = set(pending)
+        for task in done:
+            task.result()  # failures are released inside; anything else is the loop's to log
         return True
 
     async def _select_claimed(self, launch_id: str, partition: LaunchPartitionRow) -> None:

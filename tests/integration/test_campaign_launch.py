@@ -25,7 +25,7 @@ from services.campaign.db import (
     OutboxRow,
 )
 from services.campaign.domain import APPROVED, DRAFT, SUBMITTED, Arm, Campaign, CustomerSnapshot, Offer
-from services.campaign.launch import ALLOCATING, DONE, SELECTING, LaunchService, assign
+from services.campaign.launch import ALLOCATING, DONE, PENDING, SELECTING, LaunchService, assign
 from services.campaign.scoring import HeuristicPropensityModel
 from services.platform.errors import Unavailable
 from tests.helpers import expect_error, stored_partitions
@@ -373,3 +373,61 @@ async def test_outbox_pages_through_the_rpc(svc, stub):
     assert seen == sorted(members(5))
     assert page.messages[0].delivery_key == f"{launched.launch_id}:c00004"
     assert page.messages[0].state == launch_pb2.OUTBOX_STATE_PENDING
+
+
+class GatedRisk(FakeRisk):
+    """Holds the screening of the customers in `gated` until `gate` is set."""
+
+    def __init__(self, gated, waiters=1):
+        super().__init__()
+        self.gated, self.gate = set(gated), asyncio.Event()
+        self.waiting, self.waiters, self.all_waiting = 0, waiters, asyncio.Event()
+
+    async def screen_subjects(self, offers, channel, contact_time, subjects):
+        if self.gated & set(subjects.customer_ids):
+            self.waiting += 1
+            if self.waiting >= self.waiters:
+                self.all_waiting.set()
+            await self.gate.wait()
+        return await super().screen_subjects(offers, channel, contact_time, subjects)
+
+
+async def test_partitions_in_flight_side_by_side_and_the_next_claimed_as_one_finishes(svc):
+    audience = FakeAudience(members(12))  # partitions of 3: c00000-2, c00003-5, c00006-8, c00009-11
+    await add_campaign(svc)
+    risk = GatedRisk({"c00000"})
+    worker = LaunchService(lambda: CampaignUnitOfWork(svc.runtime.database), audience, risk, worker_id="w1",
+                           partition_size=3, lease_seconds=60, clock=Clock(), concurrency=2)
+    launched = await worker.launch("spring", "ops-1", None)
+    assert await worker.step()  # plan
+    # Partition 1 is stuck at risk; the second slot goes on through 2, 3 and 4 meanwhile.
+    for _ in range(3):
+        assert await worker.step()
+    parts = {p.number: p.state for p in await rows(svc, LaunchPartitionRow)}
+    assert parts == {1: PENDING, 2: DONE, 3: DONE, 4: DONE}
+    risk.gate.set()
+    await worker.run_until_idle()
+    view = await worker.get(launched.launch_id)
+    assert (view.state, view.partitions_done, view.outbox_messages) == (DONE, 4, 12)
+
+
+async def test_stopping_a_worker_cancels_its_partitions_and_another_takes_them_over(svc):
+    audience = FakeAudience(members(6))
+    await add_campaign(svc)
+    clock = Clock()
+    risk = GatedRisk({"c00000", "c00003"}, waiters=2)
+    a = LaunchService(lambda: CampaignUnitOfWork(svc.runtime.database), audience, risk, worker_id="a",
+                      partition_size=3, lease_seconds=60, clock=clock, concurrency=2)
+    launched = await a.launch("spring", "ops-1", None)
+    assert await a.step()  # plan
+    stepping = asyncio.create_task(a.step())  # claims both partitions; both wait at risk
+    await asyncio.wait_for(risk.all_waiting.wait(), 10)
+    await a.stop()  # shutdown: the work in flight is cancelled, nothing is stored
+    stepping.cancel()
+    parts = await rows(svc, LaunchPartitionRow)
+    assert sorted((p.number, p.state, p.claimed_by) for p in parts) == [(1, PENDING, "a"), (2, PENDING, "a")]
+    clock.now += timedelta(seconds=61)  # their leases lapse
+    b = service(svc, audience, FakeRisk(), clock, "b")
+    await b.run_until_idle()
+    view = await b.get(launched.launch_id)
+    assert (view.state, view.outbox_messages) == (DONE, 6)
