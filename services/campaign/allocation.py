@@ -8,7 +8,9 @@ sum(v[i, j] x[i, j]) subject to
 Only pairs with a positive value are candidates (a contact that loses money is never made).
 
 Up to `MILP_MAX_CANDIDATES` candidate pairs it is solved exactly as a mixed-integer program with HiGHS
-(scipy.optimize.milp). Above that size a greedy pass is used instead, documented here because its result is
+(scipy.optimize.milp), within `MILP_TIME_LIMIT_SECONDS`: when HiGHS has not proven optimality by then, its best
+solution and the greedy's are compared and the better kept (the method says which: "milp", "milp-time-limit",
+"greedy"). Above that size a greedy pass is used instead, documented here because its result is
 not optimal: candidates are taken in decreasing order of value per unit of the scarcest resource they use
 (value / cost when a budget binds, else value), each accepted while its customer, channel and the budget
 still have room. On the benchmark shapes (one offer per customer, one or two binding constraints) it is
@@ -34,7 +36,11 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import csr_matrix
 
 MILP_MAX_CANDIDATES = 200_000
-MILP_TIME_LIMIT_SECONDS = 60.0
+# HiGHS proves optimality quickly on most launches, but a budget over many customers with equal values (a
+# heuristic scorer gives whole groups the same value) can keep it closing the gap for minutes: past this limit its
+# best solution so far is compared with the greedy's and the better one kept (method "milp-time-limit" or
+# "greedy").
+MILP_TIME_LIMIT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -89,7 +95,7 @@ def allocate(
     allocation.cut_by = _cut_reasons(values, costs, offer_channels, budget, capacity, allocation)
     if price_constraints:
         allocation.constraint_costs = _price(values, costs, offer_channels, budget, capacity, per_customer_cap,
-                                             conversions, allocation, orders)
+                                             conversions, allocation, orders, method)
     return allocation
 
 
@@ -128,9 +134,19 @@ def _solve(values: np.ndarray, costs: np.ndarray, offer_channels: Sequence[str],
            orders: dict[bool, tuple[np.ndarray, np.ndarray]] | None = None) -> Allocation:
     rows, cols = _candidates(values)
     use_milp = method == "milp" or (method == "auto" and len(rows) <= MILP_MAX_CANDIDATES)
-    chosen = (_milp(values, costs, offer_channels, budget, capacity, per_customer_cap, rows, cols) if use_milp
-              else _greedy(values, costs, offer_channels, budget, capacity, per_customer_cap, rows, cols,
-                           {} if orders is None else orders))
+    orders = {} if orders is None else orders
+    solved = "greedy"
+    if use_milp:
+        chosen, optimal = _milp(values, costs, offer_channels, budget, capacity, per_customer_cap, rows, cols)
+        solved = "milp"
+        if not optimal:  # stopped at the time limit: its best so far, or the greedy's if that is better
+            greedy = _greedy(values, costs, offer_channels, budget, capacity, per_customer_cap, rows, cols, orders)
+            objective = values[rows, cols]
+            better = chosen is None or objective[greedy].sum() > objective[chosen].sum()
+            chosen, solved = (greedy, "greedy") if better else (chosen, "milp-time-limit")
+        assert chosen is not None
+    else:
+        chosen = _greedy(values, costs, offer_channels, budget, capacity, per_customer_cap, rows, cols, orders)
     n = values.shape[0]
     assignment = np.full(n, -1, dtype=np.int64)
     if per_customer_cap == 1:
@@ -148,7 +164,7 @@ def _solve(values: np.ndarray, costs: np.ndarray, offer_channels: Sequence[str],
             binding.append("BUDGET")
     return Allocation(assignment=assignment, pairs=np.column_stack((rows[chosen], cols[chosen])),
                       objective=float(values[rows[chosen], cols[chosen]].sum()),
-                      method="milp" if use_milp else "greedy", spend=spend, contacts_by_channel=contacts,
+                      method=solved, spend=spend, contacts_by_channel=contacts,
                       binding=binding)
 
 
@@ -165,10 +181,12 @@ def _cheapest_unchosen(costs: np.ndarray, rows: np.ndarray, cols: np.ndarray, ch
 
 
 def _milp(values: np.ndarray, costs: np.ndarray, offer_channels: Sequence[str], budget: float | None,
-          capacity: dict[str, int], per_customer_cap: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+          capacity: dict[str, int], per_customer_cap: int, rows: np.ndarray, cols: np.ndarray
+          ) -> tuple[np.ndarray | None, bool]:
+    """(the chosen candidates, proven optimal); (None, False) when the time limit came before any solution."""
     count = len(rows)
     if count == 0:
-        return np.zeros(0, dtype=bool)
+        return np.zeros(0, dtype=bool), True
     constraints = []
     n = values.shape[0]
     per_customer = csr_matrix((np.ones(count), (rows, np.arange(count))), shape=(n, count))
@@ -182,8 +200,8 @@ def _milp(values: np.ndarray, costs: np.ndarray, offer_channels: Sequence[str], 
     result = milp(-values[rows, cols], constraints=constraints, integrality=np.ones(count),
                   bounds=Bounds(0, 1), options={"time_limit": MILP_TIME_LIMIT_SECONDS})
     if result.x is None:  # infeasible cannot happen (x = 0 is feasible); a time-out without a solution can
-        raise AllocationError(f"the solver found no solution: {result.message}")
-    return np.asarray(result.x > 0.5)
+        return None, False
+    return np.asarray(result.x > 0.5), result.status == 0
 
 
 def _greedy(values: np.ndarray, costs: np.ndarray, offer_channels: Sequence[str], budget: float | None,
@@ -328,7 +346,8 @@ def _cut_reasons(values: np.ndarray, costs: np.ndarray, offer_channels: Sequence
 
 def _price(values: np.ndarray, costs: np.ndarray, offer_channels: Sequence[str], budget: float | None,
            capacity: dict[str, int], per_customer_cap: int, conversions: np.ndarray | None,
-           allocation: Allocation, orders: dict[bool, tuple[np.ndarray, np.ndarray]]) -> list[ConstraintCost]:
+           allocation: Allocation, orders: dict[bool, tuple[np.ndarray, np.ndarray]], method: str
+           ) -> list[ConstraintCost]:
     out = []
     base_conversions = _conversions(conversions, allocation)
     for constraint in allocation.binding:
@@ -342,8 +361,8 @@ def _price(values: np.ndarray, costs: np.ndarray, offer_channels: Sequence[str],
             channel = constraint.split(":", 1)[1]
             step = 1000.0
             relaxed_capacity[channel] = capacity[channel] + int(step)
-        again = _solve(values, costs, offer_channels, relaxed_budget, relaxed_capacity, per_customer_cap,
-                       allocation.method, orders)
+        again = _solve(values, costs, offer_channels, relaxed_budget, relaxed_capacity, per_customer_cap, method,
+                       orders)
         gain_conversions = None
         if base_conversions is not None:
             gain_conversions = _conversions(conversions, again) - base_conversions  # type: ignore[operator]

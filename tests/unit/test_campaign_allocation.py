@@ -174,3 +174,20 @@ def test_cut_reasons_name_the_constraint_of_each_customer_s_best_option():
     result = allocate(values, costs, ["sms", "email"], budget=3.0, capacity={"sms": 1}, method="greedy")
     assert list(result.assignment) == [0, -1, -1, 1, -1, -1]
     assert result.cut_by == ["", "CAPACITY:sms", "BUDGET", "", "INELIGIBLE", "NOT_PROFITABLE"]
+
+
+def test_a_solver_out_of_time_falls_back_to_the_better_of_its_best_and_the_greedy(monkeypatch):
+    import services.campaign.allocation as allocation
+
+    rng = np.random.default_rng(1)
+    values = np.round(rng.uniform(0.1, 5, (300, 4)), 0)  # few distinct values: a symmetric, slow-to-prove MILP
+    costs = np.tile([0.5, 0.8, 1.0, 0.4], (300, 1))
+    channels = ["sms"] * 4
+    monkeypatch.setattr(allocation, "MILP_TIME_LIMIT_SECONDS", 1e-9)  # stopped before any solution
+    result = allocate(values, costs, channels, budget=60.0, method="milp")
+    greedy = allocate(values, costs, channels, budget=60.0, method="greedy")
+    assert result.method == "greedy" and result.objective == pytest.approx(greedy.objective)
+    feasible(result, values, costs, channels, 60.0, {})
+    monkeypatch.setattr(allocation, "MILP_TIME_LIMIT_SECONDS", 30.0)
+    exact = allocate(values, costs, channels, budget=60.0, method="milp")
+    assert exact.method == "milp" and exact.objective >= greedy.objective - 1e-9
