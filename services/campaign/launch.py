@@ -104,6 +104,18 @@ class ChampionSource(Protocol):
     async def champion(self, offer_id: str, kind: str = "propensity") -> tuple[TrainedModel, str] | None: ...
 
 
+@dataclass(frozen=True)
+class Scorer:
+    """What scores an offer in a launch: its champion model (None: the heuristic), the version and basis its
+    decision records name, and the attributes and behaviour features it reads."""
+
+    model: TrainedModel | None
+    version: str
+    basis: str  # "uplift" | "propensity"
+    attributes: tuple[str, ...]
+    features: tuple[str, ...]
+
+
 @dataclass
 class LaunchView:
     launch_id: str
@@ -518,23 +530,22 @@ class LaunchService:
     async def _wanted_fields(self, offers: Sequence[Offer]) -> list[str]:
         attributes = set(BASE_ATTRIBUTES)
         for offer in offers:
-            for model in await self._champions(offer):
-                attributes |= {c.removeprefix("attr.") for c in model[0].spec.columns if c.startswith("attr.")}
+            attributes |= set((await self._scorer(offer)).attributes)
         # "age": whole years at as_of, computed by profile (the birth date itself is never exported).
         return ["region", "time_zone", "age", *(f"attr.{a}" for a in sorted(attributes))]
 
-    async def _model_of(self, offer: Offer) -> tuple[str, str, tuple[str, ...], tuple[str, ...]]:
-        """(model version, basis, attributes read, behaviour features read) of the offer's scorer in this launch,
-        for scoring and decision records."""
+    async def _scorer(self, offer: Offer) -> Scorer:
+        """The offer's champion (uplift, else propensity), else the heuristic: looked up once per partition, so
+        its scores and its decision records name the same model even if a champion changes meanwhile."""
         if self.champions is not None:
             uplift = await self.champions.champion(offer.offer_id, "uplift")
             found = uplift or await self.champions.champion(offer.offer_id, "propensity")
             if found is not None:
                 model, version = found
-                return version, "uplift" if uplift else "propensity", tuple(
-                    c.removeprefix("attr.") for c in model.spec.columns if c.startswith("attr.")), tuple(
-                    event_features(model.spec))
-        return HeuristicPropensityModel.version, "propensity", HEURISTIC_ATTRIBUTES, ()
+                return Scorer(model, version, "uplift" if uplift else "propensity", tuple(
+                    c.removeprefix("attr.") for c in model.spec.columns if c.startswith("attr.")),
+                    tuple(event_features(model.spec)))
+        return Scorer(None, HeuristicPropensityModel.version, "propensity", HEURISTIC_ATTRIBUTES, ())
 
     async def _behaviour(self, launch: LaunchRow, ids: Sequence[str], names: Sequence[str]
                          ) -> dict[str, list[float | None]]:
@@ -546,13 +557,6 @@ class LaunchService:
         got = await features_as_of(self.features, [(c, launch.as_of) for c in ids],
                                    timeout=FEATURE_FETCH_TIMEOUT_SECONDS)
         return {name: [row.get(name) for row in got] for name in names}
-
-    async def _champions(self, offer: Offer) -> list[tuple[TrainedModel, str]]:
-        if self.champions is None:
-            return []
-        found = await self.champions.champion(offer.offer_id, "uplift")
-        found = found or await self.champions.champion(offer.offer_id, "propensity")
-        return [found] if found else []
 
     async def _plan(self, launch_id: str) -> bool:
         if not await self._claim_launch(launch_id, PLANNING):
@@ -716,10 +720,10 @@ class LaunchService:
         regions = columns.get("region") or [None] * n
         zones = columns.get("time_zone") or [None] * n
         ages = _numbers(columns.get("age") or [None] * n)
-        versions = [await self._model_of(offer) for offer in offers]
-        behaviour = await self._behaviour(launch, ids, sorted({f for v in versions for f in v[3]}))
+        scorers = [await self._scorer(offer) for offer in offers]
+        behaviour = await self._behaviour(launch, ids, sorted({f for s in scorers for f in s.features}))
         columns = {**columns, **{FEATURE_PREFIX + name: values for name, values in behaviour.items()}}
-        probabilities = await self._score(launch, offers, n, columns, attrs, regions, ages)
+        probabilities = await self._score(launch, offers, scorers, n, columns, attrs, regions, ages)
         subjects = ScreeningSubjects(ids, regions, zones, attrs, ages, launch.contact_time.date())
         screened = await self._screen(launch, offers, campaign.channels, subjects)
         allowed = {channel: batch_decisions.selectable_mask(answer) for channel, answer in screened.items()}
@@ -730,9 +734,9 @@ class LaunchService:
         decisions = batch_decisions.encode_partition(
             launch_id=launch.launch_id, campaign_id=campaign.campaign_id, contact_time=launch.contact_time,
             offers=offers, channels=campaign.channels, ids=ids, groups=groups, group_probabilities=arm_probabilities,
-            probabilities=probabilities, versions=[(v[0], v[1]) for v in versions],
-            features=sorted({f for v in versions for f in v[2]}), attrs=attrs, behaviour=behaviour, regions=regions,
-            zones=zones, ages=ages, screened=screened,
+            probabilities=probabilities, versions=[(s.version, s.basis) for s in scorers],
+            features=sorted({f for s in scorers for f in s.attributes}), attrs=attrs, behaviour=behaviour,
+            regions=regions, zones=zones, ages=ages, screened=screened,
             policy_version=next((a.policy_version for a in screened.values() if a.policy_version), ""))
         return PartitionResult(
             member_ids=id_array, groups=groups, candidate_ids=id_array[treated], values=values[treated],
@@ -748,8 +752,9 @@ class LaunchService:
             return await self.arms.launch_groups(campaign, ids, groups)
         return groups, bandit.fixed_probabilities(campaign, groups)
 
-    async def _score(self, launch: LaunchRow, offers: Sequence[Offer], n: int, columns: dict[str, list[Any]],
-                     attrs: dict[str, list[Any]], regions: Sequence[Any], ages: np.ndarray) -> np.ndarray:
+    async def _score(self, launch: LaunchRow, offers: Sequence[Offer], scorers: Sequence[Scorer], n: int,
+                     columns: dict[str, list[Any]], attrs: dict[str, list[Any]], regions: Sequence[Any],
+                     ages: np.ndarray) -> np.ndarray:
         """customers x offers: each offer's champion (uplift, else propensity) over the partition's columns in
         one pass (modeling.frame_from_columns), else the heuristic, vectorised."""
         out = np.zeros((n, len(offers)))
@@ -757,10 +762,9 @@ class LaunchService:
             return out
         income = _numbers(attrs.get("income", [None] * n))
         tolerance = _tolerance_levels(attrs.get("risk_tolerance", [None] * n))
-        for j, offer in enumerate(offers):
-            champions = await self._champions(offer)
-            if champions:
-                model = champions[0][0]
+        for j, (offer, scorer) in enumerate(zip(offers, scorers, strict=True)):
+            model = scorer.model
+            if model is not None:
                 frame = frame_from_columns(model.spec, columns, n, ages=ages, regions=regions,
                                            contact_time=launch.as_of)
                 if n >= THREADED_SCORING_ROWS:  # off the event loop: the other partitions go on meanwhile
