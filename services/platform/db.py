@@ -137,6 +137,13 @@ async def insert_columns(session: AsyncSession, table: Table, columns: Mapping[s
         await connection.exec_driver_sql(sql, rows[start:start + chunk])
 
 
+async def insert_rows(session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]], *,
+                      chunk: int = BULK_INSERT_CHUNK) -> None:
+    """insert_columns for rows given as dictionaries (all with the keys of the first)."""
+    if rows:
+        await insert_columns(session, table, {name: [row[name] for row in rows] for name in rows[0]}, chunk=chunk)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")

@@ -14,11 +14,11 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Table, delete
+from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.platform.db import insert_rows
 from services.profile.db import CustomerFeatureRow
 from services.profile.features import AGGREGATES, FeatureSet
 
@@ -62,25 +62,6 @@ def feature_rows(features: Mapping[str, FeatureSet], as_of: datetime) -> list[di
     ]
 
 
-async def insert_rows(session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
-    """One DBAPI executemany of a plain INSERT per INSERT_CHUNK rows, the values processed by the columns' own
-    bind processors (UTC datetimes, ...) but without per-row statement compilation or ORM bookkeeping: the tag
-    job writes tens of thousands of rows per chunk. Column names come from the table, values are parameters."""
-    if not rows:
-        return
-    connection = await session.connection()
-    dialect = connection.dialect
-    names = list(rows[0])
-    processors = [table.c[name].type.bind_processor(dialect) for name in names]
-    mark = "%s" if dialect.name == "postgresql" else "?"
-    sql = (f"INSERT INTO {table.name} ({', '.join(names)}) "  # noqa: S608  # nosec B608 - names from the table
-           f"VALUES ({', '.join([mark] * len(names))})")
-    params = [tuple(value if process is None else process(value)
-                    for value, process in zip((row[n] for n in names), processors, strict=True)) for row in rows]
-    for start in range(0, len(params), INSERT_CHUNK):
-        await connection.exec_driver_sql(sql, params[start:start + INSERT_CHUNK])
-
-
 async def replace_features(session: AsyncSession, customer_ids: Sequence[str], features: Mapping[str, FeatureSet],
                            as_of: datetime) -> int:
     """Replaces the stored features of these customers (in the caller's transaction); rows written."""
@@ -88,5 +69,5 @@ async def replace_features(session: AsyncSession, customer_ids: Sequence[str], f
         chunk = list(customer_ids[start:start + 1000])
         await session.execute(delete(CustomerFeatureRow).where(CustomerFeatureRow.customer_id.in_(chunk)))
     rows = feature_rows(features, as_of)
-    await insert_rows(session, CustomerFeatureRow.__table__, rows)  # type: ignore[arg-type]
+    await insert_rows(session, CustomerFeatureRow.__table__, rows, chunk=INSERT_CHUNK)  # type: ignore[arg-type]
     return len(rows)

@@ -26,7 +26,7 @@ from opentelemetry import trace
 from sqlalchemy import ColumnElement, and_, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from services.platform.db import UnitOfWork, utcnow
+from services.platform.db import UnitOfWork, insert_rows, utcnow
 from services.platform.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from services.platform.idempotency import Codec, IdempotencyKey, run_idempotent
 from services.profile.conditions import ConditionError, Node, parse_condition, to_text
@@ -40,7 +40,7 @@ from services.profile.db import (
 from services.profile.db import IdempotencyKey as IdempotencyKeyRow
 from services.profile.events import facts_of
 from services.profile.events_db import CustomerTagRow, EventRepository
-from services.profile.feature_store import insert_rows, replace_features
+from services.profile.feature_store import INSERT_CHUNK, replace_features
 from services.profile.features import LOOKBACK_DAYS, compute_batch, records_frame
 from services.profile.segments import ConditionInput, SegmentsService
 from services.profile.tag_rules import KIND_EXTERNAL, KIND_RULE, apply_rule
@@ -188,7 +188,7 @@ class TagStore:
         for start in range(0, len(customer_ids), 1000):
             chunk = list(customer_ids[start:start + 1000])
             await self.session.execute(delete(CustomerTagRow).where(CustomerTagRow.customer_id.in_(chunk)))
-        await insert_rows(self.session, CustomerTagRow.__table__, rows)  # type: ignore[arg-type]
+        await insert_rows(self.session, CustomerTagRow.__table__, rows, chunk=INSERT_CHUNK)  # type: ignore[arg-type]
 
     async def advance(self, job: TagJobRow, *, cursor: str | None, processed: int, done: bool, now: datetime
                       ) -> bool:
