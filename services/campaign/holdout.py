@@ -25,13 +25,13 @@ REASON = "GLOBAL_HOLDOUT"
 
 def position(customer_id: str, salt: str = HOLDOUT_SALT) -> float:
     """The customer's place in [0, 1) on the holdout's hash line."""
-    digest = hashlib.sha256(f"{salt}:{customer_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+    return float(positions([customer_id], salt)[0])
 
 
 def positions(customer_ids: Sequence[str], salt: str) -> np.ndarray:
-    """`position` of every customer, vectorised: one sha256 per customer (a copy of the hashed salt, so the
-    prefix is hashed once) and the first 8 bytes of every digest read as one big-endian array."""
+    """Every customer's place in [0, 1) on the hash line of `salt`: the first 8 bytes of
+    sha256("{salt}:{customer_id}") as a fraction of 2^64, one sha256 per customer (a copy of the hashed salt, so
+    the prefix is hashed once) and the digests read as one big-endian array."""
     if not len(customer_ids):
         return np.zeros(0, dtype=np.float64)
     prefix = hashlib.sha256(f"{salt}:".encode())
