@@ -90,7 +90,7 @@ def allocate(
     costs = np.asarray(costs, dtype=float)
     _check(values, costs, offer_channels, budget, capacity, per_customer_cap, conversions, method)
     capacity = dict(capacity or {})
-    orders: dict[bool, tuple[np.ndarray, np.ndarray]] = {}  # the greedy's candidate order, kept for _price
+    orders: dict[bool, np.ndarray] = {}  # the greedy's candidate order, kept for _price
     allocation = _solve(values, costs, offer_channels, budget, capacity, per_customer_cap, method, orders)
     allocation.cut_by = _cut_reasons(values, costs, offer_channels, budget, capacity, allocation)
     if price_constraints:
@@ -131,7 +131,7 @@ def _candidates(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _solve(values: np.ndarray, costs: np.ndarray, offer_channels: Sequence[str], budget: float | None,
            capacity: dict[str, int], per_customer_cap: int, method: str,
-           orders: dict[bool, tuple[np.ndarray, np.ndarray]] | None = None) -> Allocation:
+           orders: dict[bool, np.ndarray] | None = None) -> Allocation:
     rows, cols = _candidates(values)
     use_milp = method == "milp" or (method == "auto" and len(rows) <= MILP_MAX_CANDIDATES)
     orders = {} if orders is None else orders
@@ -206,7 +206,7 @@ def _milp(values: np.ndarray, costs: np.ndarray, offer_channels: Sequence[str], 
 
 def _greedy(values: np.ndarray, costs: np.ndarray, offer_channels: Sequence[str], budget: float | None,
             capacity: dict[str, int], per_customer_cap: int, rows: np.ndarray, cols: np.ndarray,
-            orders: dict[bool, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+            orders: dict[bool, np.ndarray]) -> np.ndarray:
     """The greedy pass (see the module docstring): candidates best first, each taken while its customer, channel
     and the budget still have room. Vectorised in blocks for one contact per customer (see _greedy_blocks), over
     the candidates that can be taken at all (_undominated); the plain loop over every candidate,
@@ -226,8 +226,8 @@ def _greedy(values: np.ndarray, costs: np.ndarray, offer_channels: Sequence[str]
                 if per_customer_cap == 1 else np.arange(len(rows)))
         # Best first, ties by customer then option for determinism: candidates come in (row, column) order, and
         # a stable sort keeps it among equal keys.
-        orders[budget_binds] = (kept, kept[np.argsort(-key[kept], kind="stable")])
-    _, order = orders[budget_binds]
+        orders[budget_binds] = kept[np.argsort(-key[kept], kind="stable")]
+    order = orders[budget_binds]
     if per_customer_cap == 1:
         return _greedy_blocks(rows, option_channel[cols], c, order, room, left, values.shape[0])
     return _greedy_sequential(rows, option_channel[cols], c, order, room, left, values.shape[0], per_customer_cap)
@@ -346,7 +346,7 @@ def _cut_reasons(values: np.ndarray, costs: np.ndarray, offer_channels: Sequence
 
 def _price(values: np.ndarray, costs: np.ndarray, offer_channels: Sequence[str], budget: float | None,
            capacity: dict[str, int], per_customer_cap: int, conversions: np.ndarray | None,
-           allocation: Allocation, orders: dict[bool, tuple[np.ndarray, np.ndarray]], method: str
+           allocation: Allocation, orders: dict[bool, np.ndarray], method: str
            ) -> list[ConstraintCost]:
     out = []
     base_conversions = _conversions(conversions, allocation)

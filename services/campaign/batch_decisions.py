@@ -9,10 +9,11 @@ zone, age — never a birth date) and its sha256 (the same canonical hash real-t
 allocation's document (number 0) holds each candidate's chosen option or the constraint that cut it. A record
 is assembled from both when read.
 
-Format: version 2 (written since the columnar batch path) is columnar and binary — numpy arrays in an .npz
-archive, zlib level 1, behind the magic bytes `LSBD2` — so that a partition of 10,000 members is encoded in
-milliseconds; version 1 (zlib-compressed JSON, the same columns as lists) is still read. `unpack` returns
-either as the same dictionary.
+Format: version 2 (written since the columnar batch path) is columnar and binary — the magic bytes `LSBD2`, a
+zlib'd JSON header (scalars, ids, the arrays' layout), the snapshot columns as their own section, then the arrays
+(integer ones zlib'd, probabilities and digests raw: see _pack_v2) — so that a partition of 10,000 members is
+encoded in milliseconds; version 1 (zlib-compressed JSON, the same columns as lists) is still read. `unpack`
+returns either as the same dictionary.
 
 As a DecisionRecord: one candidate per option — `offer_id` is the offer's id, or "{offer_id}/{CHANNEL}" when the
 campaign has several channels; `rank` 1 marks the option allocated; the context's placement says
@@ -63,13 +64,14 @@ def selectable_codes(verdicts: np.ndarray, reasons: np.ndarray, reason_sets: Seq
 def selectable_mask(answer: ScreenedBatch) -> np.ndarray:
     """members x offers: `selectable` of every verdict of a ScreenBatch answer."""
     return selectable_codes(answer.verdicts, answer.reasons, answer.reason_sets)
+
+
 VERDICT_NAMES = {v: k for k, v in VERDICT_CODES.items()}
 GROUP_OUTCOMES = {-1: "CONTROL", -2: "GLOBAL_HOLDOUT"}
 ALLOCATION_NUMBER = 0
 # Erased customers' ids are replaced by "erased-<random>" (data_subject.new_pseudonym).
 PSEUDONYM_PREFIX = "erased-"
 
-Details = dict[str, dict[str, tuple[str, tuple[str, ...]]]]  # customer -> offer -> (verdict, reasons)
 
 
 def parse_batch_id(decision_id: str) -> tuple[str, str] | None:
@@ -328,9 +330,8 @@ async def get_batch_decision(uow_factory: Callable[[], CampaignUnitOfWork], deci
             if in_range:
                 query = query.where(BatchDecisionRow.first_id <= customer_id, BatchDecisionRow.last_id >= customer_id)
             for row in await uow.session.scalars(query.order_by(BatchDecisionRow.number)):
-                candidate = unpack(row.records)
-                if customer_id in candidate["ids"]:
-                    doc, number = candidate, row.number
+                if customer_id in unpack(row.records, snapshot=False)["ids"]:  # the snapshot only of the one found
+                    doc, number = unpack(row.records), row.number
                     break
             if doc is not None:
                 break

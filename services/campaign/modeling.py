@@ -302,14 +302,14 @@ def _numeric_column(values: Sequence[Any]) -> np.ndarray:
 def _categorical_column(values: Sequence[Any], levels: list[str]) -> pd.Categorical:
     """build_frame's categorical value of every value: None for None and "", else its text."""
     items = list(values)
+    known = set(levels)
     if len({type(v) for v in items} - {type(None)}) <= 1:  # one kind: equal values have equal texts
         codes, uniques = pd.factorize(np.asarray(items, dtype=object), use_na_sentinel=True)
-        known = set(levels)
         texts = np.array([*(str(u) if str(u) in known and u != "" else None for u in uniques.tolist()), None],
                          dtype=object)
         if int((codes < 0).sum()) == sum(1 for v in items if v is None):  # no NaN taken for None
             return pd.Categorical(texts[codes], categories=levels)
-    return pd.Categorical([None if v in (None, "") or str(v) not in levels else str(v) for v in items],
+    return pd.Categorical([None if v in (None, "") or str(v) not in known else str(v) for v in items],
                           categories=levels)
 
 

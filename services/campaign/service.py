@@ -185,7 +185,7 @@ def _json_texts(values: Sequence[Any]) -> np.ndarray:
         texts = np.array([*(json.dumps(u) for u in uniques.tolist()), None], dtype=object)
         if int((codes < 0).sum()) == int(_nones(column).sum()):  # no NaN taken for None
             return np.asarray(texts[codes], dtype=object)
-    return np.array([None if v is None else json.dumps(v) for v in column.tolist()] or [], dtype=object)
+    return np.array([None if v is None else json.dumps(v) for v in column.tolist()], dtype=object)
 
 
 def _json_members(columns: Mapping[str, Sequence[Any]], n: int) -> list[str]:

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.platform.db import UnitOfWork, UtcDateTime
-from services.profile.db import Base, CustomerRepository, CustomerRow
+from services.profile.db import Base, CustomerRepository
 
 # Columns of the flat event record, in the order the feature executors read them.
 EVENT_COLUMNS = (
@@ -160,11 +160,3 @@ class EventsUnitOfWork(UnitOfWork):
         self.events = EventRepository(self.session)
         self.tags = TagRepository(self.session)
         self.customers = CustomerRepository(self.session)
-
-    async def customer_rows(self, customer_ids: Sequence[str]) -> dict[str, CustomerRow]:
-        out: dict[str, CustomerRow] = {}
-        for start in range(0, len(customer_ids), 500):
-            chunk = list(customer_ids[start:start + 500])
-            for row in await self.session.scalars(select(CustomerRow).where(CustomerRow.customer_id.in_(chunk))):
-                out[row.customer_id] = row
-        return out
