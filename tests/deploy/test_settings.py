@@ -280,6 +280,7 @@ def test_base_configmaps_state_the_code_defaults():
         campaign_app.SCHEDULER_INTERVAL: campaign_app.DEFAULT_SCHEDULER_INTERVAL_SECONDS,
         campaign_app.LAUNCH_INTERVAL: campaign_app.DEFAULT_LAUNCH_INTERVAL_SECONDS,
         campaign_app.PARTITION_SIZE: campaign_app.DEFAULT_PARTITION_SIZE,
+        campaign_app.LAUNCH_CONCURRENCY: campaign_app.DEFAULT_LAUNCH_CONCURRENCY,
         triggers_app.TRIGGER_POLL: triggers_app.DEFAULT_TRIGGER_POLL_SECONDS,
         holdout.SETTING: holdout.DEFAULT_SHARE,
         fairness_gate.THRESHOLD_SETTING: fairness_gate.DEFAULT_THRESHOLD,

@@ -63,8 +63,10 @@ class AllowAll(rpbg.RiskServiceServicer):
 
 
 @pytest.fixture
-async def env(start, monkeypatch):
-    monkeypatch.setattr(modeling, "ROUNDS", 60)  # small data: fewer rounds keep the test quick
+async def profile_and_campaign(start, monkeypatch):
+    """Profile and campaign servers on fresh databases, risk a fake allowing everything, and a channel to each of
+    profile and campaign. Models train with 60 rounds: small data, fewer rounds keep the tests quick."""
+    monkeypatch.setattr(modeling, "ROUNDS", 60)
     profile = await start(PROFILE)
     risk = grpc.aio.server()
     rpbg.add_RiskServiceServicer_to_server(AllowAll(), risk)
@@ -72,6 +74,15 @@ async def env(start, monkeypatch):
     await risk.start()
     campaign = await start(CAMPAIGN, PROFILE_SERVICE_ADDR=profile.address, RISK_SERVICE_ADDR=f"127.0.0.1:{risk_port}")
     pch, cch = grpc.aio.insecure_channel(profile.address), grpc.aio.insecure_channel(campaign.address)
+    yield profile, campaign, pch, cch
+    await pch.close()
+    await cch.close()
+    await risk.stop(0)
+
+
+@pytest.fixture
+async def env(profile_and_campaign):
+    _, campaign, pch, cch = profile_and_campaign
     stub = pbg.CampaignServiceStub(cch)
     customers, records = synthetic_bank()
     pstub = ppbg.ProfileServiceStub(pch)
@@ -80,10 +91,7 @@ async def env(start, monkeypatch):
     await stub.CreateOffer(pb.CreateOfferRequest(offer=offer_pb2.Offer(
         offer_id="deposit", title="Deposit", product_type=c.PRODUCT_TYPE_DEPOSIT, risk_level=c.PRODUCT_RISK_LEVEL_R1,
         conversion_value=50)))
-    yield {"campaign": campaign, "stub": stub, "records": records}
-    await pch.close()
-    await cch.close()
-    await risk.stop(0)
+    return {"campaign": campaign, "stub": stub, "records": records}
 
 
 async def import_history(stub, records, batch=100, prefix="b"):

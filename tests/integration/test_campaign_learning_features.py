@@ -6,7 +6,6 @@ features as of their own time."""
 import random
 from datetime import UTC, timedelta
 
-import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 
@@ -19,12 +18,9 @@ from lodestar.profile.v1 import event_service_pb2 as epb
 from lodestar.profile.v1 import event_service_pb2_grpc as epbg
 from lodestar.profile.v1 import profile_service_pb2 as ppb
 from lodestar.profile.v1 import profile_service_pb2_grpc as ppbg
-from lodestar.risk.v1 import risk_service_pb2_grpc as rpbg
 from services.campaign import modeling
-from services.campaign.app import DEFINITION as CAMPAIGN
 from services.platform.db import utcnow
-from services.profile.app import DEFINITION as PROFILE
-from tests.integration.test_campaign_learning import AllowAll
+from tests.integration.test_campaign_learning import profile_and_campaign  # noqa: F401 - the fixture
 
 N = 240
 NOW = utcnow()
@@ -61,15 +57,8 @@ async def ingest_at(profile, stub, recorded_at, events):
 
 
 @pytest.fixture
-async def env(start, monkeypatch):
-    monkeypatch.setattr(modeling, "ROUNDS", 60)
-    profile = await start(PROFILE)
-    risk = grpc.aio.server()
-    rpbg.add_RiskServiceServicer_to_server(AllowAll(), risk)
-    risk_port = risk.add_insecure_port("127.0.0.1:0")
-    await risk.start()
-    campaign = await start(CAMPAIGN, PROFILE_SERVICE_ADDR=profile.address, RISK_SERVICE_ADDR=f"127.0.0.1:{risk_port}")
-    pch, cch = grpc.aio.insecure_channel(profile.address), grpc.aio.insecure_channel(campaign.address)
+async def env(profile_and_campaign):  # noqa: F811 - the fixture imported above
+    profile, campaign, pch, cch = profile_and_campaign
     stub, events = pbg.CampaignServiceStub(cch), epbg.EventServiceStub(pch)
     customers = ppbg.ProfileServiceStub(pch)
     rng = random.Random(5)
@@ -103,10 +92,7 @@ async def env(start, monkeypatch):
             yield pb.ImportCampaignHistoryRequest(records=records[start:start + 100], request_id=f"h-{start}")
 
     await stub.ImportCampaignHistory(batches())
-    yield {"campaign": campaign, "profile": profile, "stub": stub, "events": events, "records": records}
-    await pch.close()
-    await cch.close()
-    await risk.stop(0)
+    return {"campaign": campaign, "profile": profile, "stub": stub, "events": events, "records": records}
 
 
 async def test_training_rows_get_their_features_as_of_their_contact_time(env, monkeypatch):

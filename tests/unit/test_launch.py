@@ -73,3 +73,16 @@ def test_cli_parses_launch_commands_and_names():
     assert (args.launch, args.watch, args.handler.__name__) == ("spring", True, "cmd_get")
     assert _name("spring") == "campaigns/spring"
     assert _name("0123456789abcdef0123456789abcdef") == "launches/0123456789abcdef0123456789abcdef"
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("CAMPAIGN_LAUNCH_CONCURRENCY", "0"), ("CAMPAIGN_LAUNCH_CONCURRENCY", "9"), ("CAMPAIGN_LAUNCH_CONCURRENCY", "2.5"),
+    ("CAMPAIGN_LAUNCH_PARTITION_SIZE", "10001"),
+])
+def test_bad_launch_settings_stop_the_service_naming_the_variable(name, value):
+    from services.campaign.app import DEFINITION
+    from services.platform.config import ConfigError
+
+    with pytest.raises(ConfigError, match=name):
+        DEFINITION.settings_from_env({name: value})
+    assert DEFINITION.settings_from_env({name: "3" if "CONCURRENCY" in name else "100"}).extra[name]
